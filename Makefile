@@ -1,0 +1,41 @@
+# All set-up is `make setup` (idempotent); `make demo` and `make test` run it first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+NETNS  := tools/netns-run
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes in first and by exact version: a bare `torch` requirement on a machine without
+# CUDA would pull several GB of CUDA wheels. With CUDA present the GPU build of ONNX Runtime is used.
+$(STAMP): setup.py Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q torch==2.13.0
+	if nvidia-smi -L >/dev/null 2>&1; then ort=gpu; else ort=cpu; fi; \
+	  $(BIN)/python -m pip install -q -e ".[ros,sim,dev,$$ort]"
+	command -v ip >/dev/null || apt-get install -y -q iproute2
+	touch $(STAMP)
+
+demo: setup
+	$(NETNS) $(BIN)/structalign demo
+
+# Every test runs inside a private network namespace: the ROS 2 tests start real DDS participants,
+# and their traffic must never leave this machine.
+test: setup
+	$(BIN)/ruff check .
+	$(NETNS) $(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build install log .pytest_cache .ruff_cache *.egg-info

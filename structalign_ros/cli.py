@@ -1,0 +1,42 @@
+"""``structalign <command>``: the one console entry point.
+
+Each command lives in its own module under :mod:`structalign_ros.commands` with two functions,
+``configure(parser)`` and ``run(args) -> int``. Modules are imported only when their command runs, so
+``structalign --help`` stays instant and a command never pays for another's heavy imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (one-line help, module under structalign_ros.commands)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("print the default configuration, or validate a configuration file", "config"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    top = argparse.ArgumentParser(
+        prog="structalign",
+        description="Multimodal robot perception with Gromov-Wasserstein structural alignment.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (help_text, _) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    known = top.parse_args(argv[:1])
+    help_text, module_name = COMMANDS[known.command]
+    module = importlib.import_module(f"structalign_ros.commands.{module_name}")
+    parser = argparse.ArgumentParser(prog=f"structalign {known.command}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``structalign`` command: ``configure(parser)`` and ``run(args) -> int``."""

@@ -1,0 +1,23 @@
+"""``structalign config``: print the default parameter file, or validate one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml, to_ros_yaml
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", metavar="FILE", help="validate FILE and print the resolved tree")
+    parser.add_argument("--node", default=None, help="node name whose ros__parameters to read")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_yaml(args.check, args.node) if args.check else StructAlignConfig()
+    except (ConfigError, OSError) as exc:
+        print(f"structalign config: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(to_ros_yaml(config))
+    return 0

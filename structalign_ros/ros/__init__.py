@@ -1,0 +1,1 @@
+"""Thin rclpy adapters around :mod:`structalign_ros.core`."""
