@@ -87,12 +87,178 @@ class WindowConfig:
             raise ConfigError(f"timeout_s={self.timeout_s} must be >= 0")
 
 
+OBJECTIVES = ("pairwise", "symile", "gram", "unioma", "mover", "gotma", "otm")
+BASE_OBJECTIVES = ("pairwise", "symile", "gram")
+TEMPORAL_ENCODERS = ("conv", "gru")
+LAMBDA_REMEDIES = ("entropy", "heldout")
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class ModelConfig:
+    """Encoders, fusion and heads (:mod:`structalign_ros.core.models`).
+
+    Args:
+        embed_dim: the shared embedding size ``d`` every encoder projects to.
+        width: channel width of the convolutional and recurrent trunks; small keeps 30 Hz on 2 cores.
+        image_size: camera, depth and tactile frames are resized to this square side before encoding.
+        temporal: trunk for F/T, IMU and joint windows, ``conv`` (temporal convolution) or ``gru``.
+        pose_head: whether to regress the end-effector pose (position + 6D rotation) from the fusion.
+    """
+
+    embed_dim: int = 64
+    width: int = 32
+    image_size: int = 64
+    temporal: str = "conv"
+    pose_head: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "width", "image_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.image_size < 8:
+            raise ConfigError(f"image_size={self.image_size} must be >= 8 (three stride-2 stages)")
+        if self.temporal not in TEMPORAL_ENCODERS:
+            raise ConfigError(f"temporal={self.temporal!r} is not one of {TEMPORAL_ENCODERS}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective (:mod:`structalign_ros.core.objectives`) and its input kernels.
+
+    Args:
+        name: the method, one of ``OBJECTIVES``.
+        base: the contrastive objective that the structural methods (UniOMA) regularise.
+        temperature: softmax temperature of every contrastive term.
+        alpha: weight of the structural (GW) term against the contrastive one.
+        epsilon: entropic regularisation of the OT/GW solvers.
+        pose_weight: weight of the supervised end-effector pose loss when the batch has ground truth;
+            0 disables it.
+        lambda_remedy: how UniOMA keeps the modality weights from collapsing onto the modality with the
+            smallest GW term: ``entropy`` (an entropy prior on lambda) or ``heldout`` (lambda updated
+            on held-out batches only).
+        lambda_entropy: strength of the entropy prior (``lambda_remedy=entropy``).
+        kernel_image_size: frames are average-pooled to this side before the RBF input kernel.
+        tck_members: ensemble size of the time-series cluster kernel.
+        tck_max_clusters: each member draws its number of mixture components from ``2..this``.
+    """
+
+    name: str = "unioma"
+    base: str = "pairwise"
+    temperature: float = 0.1
+    alpha: float = 0.1
+    epsilon: float = 0.05
+    pose_weight: float = 0.0
+    lambda_remedy: str = "entropy"
+    lambda_entropy: float = 0.05
+    kernel_image_size: int = 16
+    tck_members: int = 30
+    tck_max_clusters: int = 6
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"name={self.name!r} is not one of {OBJECTIVES}")
+        if self.base not in BASE_OBJECTIVES:
+            raise ConfigError(f"base={self.base!r} is not one of {BASE_OBJECTIVES}")
+        if self.lambda_remedy not in LAMBDA_REMEDIES:
+            raise ConfigError(f"lambda_remedy={self.lambda_remedy!r} is not one of {LAMBDA_REMEDIES}")
+        for name in ("temperature", "epsilon"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("alpha", "pose_weight", "lambda_entropy"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.kernel_image_size < 1 or self.tck_members < 1:
+            raise ConfigError("kernel_image_size and tck_members must be >= 1")
+        if self.tck_max_clusters < 2:
+            raise ConfigError(f"tck_max_clusters={self.tck_max_clusters} must be >= 2")
+
+
+@dataclass
+class TrainConfig:
+    """Offline and online training (:mod:`structalign_ros.core.train`).
+
+    Args:
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: windows per step.
+        steps: optimisation steps of an offline run.
+        seed: seeds torch, numpy and Python's random for a deterministic run.
+        amp: mixed precision (bfloat16 autocast) when training on CUDA; ignored on CPU.
+        grad_clip: global gradient-norm clip; 0 disables it.
+        replay_capacity: windows the online trainer keeps (oldest dropped first).
+        min_replay: the online trainer waits for this many windows before its first step.
+        swap_period_s: how often the online trainer publishes new weights to the predictor.
+        checkpoint_dir: where checkpoints are written; empty disables checkpointing.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    steps: int = 1000
+    seed: int = 0
+    amp: bool = True
+    grad_clip: float = 1.0
+    replay_capacity: int = 4096
+    min_replay: int = 256
+    swap_period_s: float = 10.0
+    checkpoint_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 2 (contrastive negatives)")
+        if self.steps < 0:
+            raise ConfigError(f"steps={self.steps} must be >= 0")
+        if self.min_replay < 2 or self.replay_capacity < self.min_replay:
+            raise ConfigError(
+                f"need 2 <= min_replay ({self.min_replay}) <= replay_capacity ({self.replay_capacity})"
+            )
+        if not self.swap_period_s > 0:
+            raise ConfigError(f"swap_period_s={self.swap_period_s} must be > 0")
+
+
+@dataclass
+class RuntimeConfig:
+    """Inference (:mod:`structalign_ros.core.runtime`).
+
+    Args:
+        backend: ``torch`` or ``onnx`` (ONNX Runtime).
+        device: torch device for the torch backend (``cpu``, ``cuda``, ``cuda:1``).
+        onnx_path: the exported model the ``onnx`` backend loads.
+        providers: comma-separated ONNX Runtime execution providers in order of preference, or
+            ``auto`` (TensorRT, then CUDA, then CPU, whichever this onnxruntime build offers).
+        threads: intra-op threads of either backend; the node shares the machine with the trainer.
+    """
+
+    backend: str = "torch"
+    device: str = "cpu"
+    onnx_path: str = ""
+    providers: str = "auto"
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is not one of {BACKENDS}")
+        if self.backend == "onnx" and not self.onnx_path:
+            raise ConfigError("backend=onnx needs onnx_path")
+        if self.threads < 1:
+            raise ConfigError(f"threads={self.threads} must be >= 1")
+
+
 @dataclass
 class StructAlignConfig:
     """The root of the configuration tree."""
 
     modalities: dict[str, ModalityConfig] = field(default_factory=_default_modalities)
     window: WindowConfig = field(default_factory=WindowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
         if not any(m.enabled for m in self.modalities.values()):
