@@ -21,6 +21,10 @@ from typing import Any, TypeVar
 import yaml
 
 MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
+# Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
+FRAME_KINDS = ("image", "depth")
+# The simulated arm's joints (structalign_ros.core.sim), the default joint order.
+SIM_JOINTS = "shoulder_pan_joint,shoulder_lift_joint,elbow_joint,wrist_pitch_joint"
 
 
 class ConfigError(ValueError):
@@ -37,6 +41,8 @@ class ModalityConfig:
         rate_hz: nominal publishing rate, used to size buffers and to judge silence.
         samples: fixed number of samples per window after resampling (1 for a camera frame).
         enabled: a disabled modality is neither subscribed to nor encoded.
+        joint_names: for ``kind=joints``, the comma-separated joint order of the window arrays
+            (a comma string because ROS parameters cannot hold an empty list).
     """
 
     kind: str
@@ -44,6 +50,7 @@ class ModalityConfig:
     rate_hz: float
     samples: int = 1
     enabled: bool = True
+    joint_names: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
@@ -54,6 +61,15 @@ class ModalityConfig:
             raise ConfigError(f"rate_hz={self.rate_hz} must be > 0")
         if self.samples < 1:
             raise ConfigError(f"samples={self.samples} must be >= 1")
+        if self.kind == "joints" and not self.joint_list:
+            raise ConfigError("kind=joints needs joint_names")
+        if self.kind in FRAME_KINDS and self.samples != 1:
+            raise ConfigError(f"samples={self.samples}: a {self.kind} window holds one frame (samples=1)")
+
+    @property
+    def joint_list(self) -> list[str]:
+        """``joint_names`` as a list, empty entries removed."""
+        return [n.strip() for n in self.joint_names.split(",") if n.strip()]
 
 
 def _default_modalities() -> dict[str, ModalityConfig]:
@@ -63,7 +79,7 @@ def _default_modalities() -> dict[str, ModalityConfig]:
         "wrench": ModalityConfig("wrench", "/wrist/wrench", 1000.0, 32),
         "imu": ModalityConfig("imu", "/ee/imu", 200.0, 16),
         "tactile": ModalityConfig("tactile", "/tactile/image", 100.0, 8),
-        "joints": ModalityConfig("joints", "/joint_states", 200.0, 16),
+        "joints": ModalityConfig("joints", "/joint_states", 200.0, 16, joint_names=SIM_JOINTS),
     }
 
 
@@ -75,16 +91,66 @@ class WindowConfig:
         span_s: each window covers ``[t - span_s, t]`` for a pivot stamp ``t``.
         timeout_s: a window is emitted this long after its pivot even if a stream has not caught up;
             the late streams are then masked.
+        pivot: the modality whose frame stamps define the windows (a camera).
+        reorder_s: samples arriving out of order by up to this much are sorted in; older ones are
+            dropped and counted.
+        reset_s: a stamp this far behind the newest one is a clock jump (a bag looping, a new bag):
+            every buffer is cleared.
     """
 
     span_s: float = 0.1
     timeout_s: float = 0.05
+    pivot: str = "rgb"
+    reorder_s: float = 0.02
+    reset_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.span_s > 0:
             raise ConfigError(f"span_s={self.span_s} must be > 0")
         if self.timeout_s < 0:
             raise ConfigError(f"timeout_s={self.timeout_s} must be >= 0")
+        if self.reorder_s < 0:
+            raise ConfigError(f"reorder_s={self.reorder_s} must be >= 0")
+        if not self.reset_s > self.reorder_s:
+            raise ConfigError(f"reset_s={self.reset_s} must be > reorder_s={self.reorder_s}")
+
+
+DEPTH_ENCODINGS = ("16UC1", "32FC1")
+
+
+@dataclass
+class SimConfig:
+    """The simulated robot (:mod:`structalign_ros.core.sim`); sensor topics and rates come from
+    ``modalities``.
+
+    Args:
+        width: camera image width in pixels.
+        height: camera image height in pixels.
+        depth_encoding: ``16UC1`` (millimetres) or ``32FC1`` (metres).
+        taxel_rows: rows of the tactile grid on the contact pad.
+        taxel_cols: columns of the tactile grid.
+        physics_hz: physics steps per second; every sensor sample is stamped on a physics step.
+        ee_pose_topic: ground-truth end-effector pose (``geometry_msgs/PoseStamped``).
+        object_pose_topic: ground-truth pose of the pushed object.
+    """
+
+    width: int = 128
+    height: int = 128
+    depth_encoding: str = "16UC1"
+    taxel_rows: int = 4
+    taxel_cols: int = 4
+    physics_hz: float = 1000.0
+    ee_pose_topic: str = "/ground_truth/ee_pose"
+    object_pose_topic: str = "/ground_truth/object_pose"
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "taxel_rows", "taxel_cols"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.depth_encoding not in DEPTH_ENCODINGS:
+            raise ConfigError(f"depth_encoding={self.depth_encoding!r} is not one of {DEPTH_ENCODINGS}")
+        if not self.physics_hz > 0:
+            raise ConfigError(f"physics_hz={self.physics_hz} must be > 0")
 
 
 OBJECTIVES = ("pairwise", "symile", "gram", "unioma", "mover", "gotma", "otm")
@@ -259,10 +325,14 @@ class StructAlignConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
         if not any(m.enabled for m in self.modalities.values()):
             raise ConfigError("modalities: at least one modality must be enabled")
+        pivot = self.modalities.get(self.window.pivot)
+        if pivot is None or not pivot.enabled or pivot.kind != "image":
+            raise ConfigError(f"window.pivot={self.window.pivot!r} must name an enabled image modality")
 
     @property
     def enabled_modalities(self) -> list[str]:
