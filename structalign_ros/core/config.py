@@ -93,7 +93,8 @@ class WindowConfig:
             the late streams are then masked.
         pivot: the modality whose frame stamps define the windows (a camera).
         reorder_s: samples arriving out of order by up to this much are sorted in; older ones are
-            dropped and counted.
+            dropped and counted. Windows wait this long past ``t`` for late samples, so it must not
+            exceed ``timeout_s``.
         reset_s: a stamp this far behind the newest one is a clock jump (a bag looping, a new bag):
             every buffer is cleared.
     """
@@ -101,7 +102,7 @@ class WindowConfig:
     span_s: float = 0.1
     timeout_s: float = 0.05
     pivot: str = "rgb"
-    reorder_s: float = 0.02
+    reorder_s: float = 0.01
     reset_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -109,8 +110,8 @@ class WindowConfig:
             raise ConfigError(f"span_s={self.span_s} must be > 0")
         if self.timeout_s < 0:
             raise ConfigError(f"timeout_s={self.timeout_s} must be >= 0")
-        if self.reorder_s < 0:
-            raise ConfigError(f"reorder_s={self.reorder_s} must be >= 0")
+        if not 0 <= self.reorder_s <= self.timeout_s:
+            raise ConfigError(f"reorder_s={self.reorder_s} must be in [0, timeout_s={self.timeout_s}]")
         if not self.reset_s > self.reorder_s:
             raise ConfigError(f"reset_s={self.reset_s} must be > reorder_s={self.reorder_s}")
 
