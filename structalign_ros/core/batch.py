@@ -1,0 +1,99 @@
+"""The tensor layout every model, objective and trainer consumes: a stack of windows.
+
+A window (``core/windows.py``) holds per modality an array ``(samples, *sample_shape)`` and a
+present/missing flag; a :class:`Batch` stacks ``B`` of them into ``{modality: (B, samples, ...)}``
+plus one ``(B, M)`` bool mask whose columns follow :attr:`Batch.modalities`. Layouts per kind:
+
+- image ``(B, 1, H, W, 3)`` uint8 RGB; depth ``(B, 1, H, W)`` float metres;
+- tactile ``(B, T, H, W)`` float taxel frames;
+- wrench / imu / joints ``(B, T, V)`` float series.
+
+Missing modalities hold zeros and a False mask entry: they are encoded like any other input
+(fixed shapes keep ONNX and batching simple) and then excluded from fusion and every loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class WindowLike(Protocol):
+    """What :func:`collate` reads from a window; ``core.windows.Window`` has these fields."""
+
+    stamp_ns: int
+    data: Mapping[str, np.ndarray]
+    mask: Mapping[str, bool]
+
+
+@dataclass
+class Batch:
+    """``B`` windows as tensors.
+
+    Attributes:
+        inputs: modality -> ``(B, samples, ...)``, zeros where masked.
+        mask: ``(B, M)`` bool, column ``m`` for ``modalities[m]``.
+        modalities: modality names, the order of the mask columns and of every ``(.., M, ..)`` axis.
+        stamps_ns: ``(B,)`` int64 pivot stamps.
+        pose: ``(B, 7)`` end-effector ground truth ``[x, y, z, qx, qy, qz, qw]`` (base frame), if known.
+    """
+
+    inputs: dict[str, Tensor]
+    mask: Tensor
+    modalities: tuple[str, ...]
+    stamps_ns: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    pose: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if tuple(self.inputs) != self.modalities:
+            raise ValueError(f"inputs {tuple(self.inputs)} do not follow modalities {self.modalities}")
+        b = self.mask.shape[0]
+        if self.mask.dtype != torch.bool or self.mask.shape != (b, len(self.modalities)):
+            raise ValueError(
+                f"mask must be bool (B, {len(self.modalities)}), got {self.mask.dtype} {self.mask.shape}"
+            )
+        for name, x in self.inputs.items():
+            if x.shape[0] != b:
+                raise ValueError(f"{name}: batch {x.shape[0]} != mask batch {b}")
+        if self.pose is not None and self.pose.shape != (b, 7):
+            raise ValueError(f"pose must be (B, 7), got {tuple(self.pose.shape)}")
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(
+            {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+            self.mask.to(device),
+            self.modalities,
+            self.stamps_ns,
+            None if self.pose is None else self.pose.to(device),
+        )
+
+    def select(self, rows: Tensor) -> Batch:
+        """The sub-batch of ``rows`` (an index or bool tensor over ``B``)."""
+        return Batch(
+            {k: v[rows] for k, v in self.inputs.items()},
+            self.mask[rows],
+            self.modalities,
+            self.stamps_ns[rows] if len(self.stamps_ns) else self.stamps_ns,
+            None if self.pose is None else self.pose[rows],
+        )
+
+
+def collate(windows: Sequence[WindowLike], poses: Sequence[np.ndarray] | None = None) -> Batch:
+    """Stack windows (all with the same modalities and shapes) into a :class:`Batch`."""
+    if not windows:
+        raise ValueError("cannot collate an empty list of windows")
+    names = tuple(windows[0].data)
+    inputs = {n: torch.from_numpy(np.stack([w.data[n] for w in windows])) for n in names}
+    mask = torch.tensor([[bool(w.mask[n]) for n in names] for w in windows], dtype=torch.bool)
+    stamps = torch.tensor([w.stamp_ns for w in windows], dtype=torch.int64)
+    pose = None if poses is None else torch.from_numpy(np.stack(poses).astype(np.float32))
+    return Batch(inputs, mask, names, stamps, pose)

@@ -1,0 +1,350 @@
+"""Training: the one step, checkpoints, the offline loop and the online trainer.
+
+:func:`train_step` is the only place a gradient step happens; :class:`Trainer` (offline, from bags)
+and :class:`OnlineTrainer` (live, from a replay buffer in a background thread) both call it.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import structalign_ros
+from structalign_ros.core.batch import Batch
+from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig, from_dict, to_dict
+from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.objectives import Objective, pose_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (all devices) for a reproducible run.
+
+    numpy's global generator is left alone: the core draws from explicit ``np.random.Generator`` s.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_step(
+    model: MultimodalModel,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    *,
+    pose_weight: float = 0.0,
+    grad_clip: float = 1.0,
+    amp: bool = True,
+) -> dict[str, float]:
+    """One optimisation step on ``batch``.
+
+    The forward pass runs under bfloat16 autocast on CUDA when ``amp`` (bfloat16 needs no loss
+    scaling); CPU runs in float32. A non-finite loss or gradient skips the step: gradients are
+    dropped, weights and optimiser state stay as they were, and ``metrics["skipped"]`` is 1.
+
+    Args:
+        pose_weight: weight of the supervised pose loss when ``batch.pose`` is present.
+        grad_clip: global gradient-norm clip; 0 disables clipping (the norm is still checked).
+
+    Returns:
+        Scalar metrics: ``loss``, ``grad_norm``, ``skipped`` and the objective's own.
+    """
+    model.train()
+    objective.train()
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        out = model(batch.inputs, batch.mask)
+        result = objective(out, batch, model.lambdas)
+        loss = result.loss
+        metrics = dict(result.metrics)
+        if pose_weight > 0 and batch.pose is not None:
+            sup, sup_metrics = pose_loss(out.pose.float(), batch.pose)
+            loss = loss + pose_weight * sup
+            metrics.update(sup_metrics)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return {**metrics, "loss": float(loss.detach()), "grad_norm": float("nan"), "skipped": 1.0}
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 1.0}
+    optimizer.step()
+    return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 0.0}
+
+
+def step_options(config: StructAlignConfig) -> dict[str, Any]:
+    """The keyword options of :func:`train_step` that come from the config tree."""
+    return {
+        "pose_weight": config.objective.pose_weight,
+        "grad_clip": config.train.grad_clip,
+        "amp": config.train.amp,
+    }
+
+
+def make_optimizer(model: MultimodalModel, objective: Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's and the objective's parameters."""
+    params = list(model.parameters()) + list(objective.parameters())
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit; whatever was loaded before stays in use."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: the model's weights, how to rebuild it, and where training was."""
+
+    config: StructAlignConfig
+    specs: dict[str, ModalitySpec]
+    state: dict[str, Tensor]
+    step: int
+    version: str
+
+    def build_model(self) -> MultimodalModel:
+        """A model with this checkpoint's architecture and weights."""
+        model = MultimodalModel(self.specs, self.config.model)
+        model.load_state_dict(self.state)
+        return model
+
+
+def save_checkpoint(
+    path: str | Path, model: MultimodalModel, config: StructAlignConfig, step: int = 0
+) -> None:
+    """Write a checkpoint atomically: a temp file in the same directory, fsync, then rename.
+
+    A crash mid-write leaves the previous checkpoint at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": structalign_ros.__version__,
+        "config": to_dict(config),
+        "specs": {n: {"kind": s.kind, "shape": list(s.shape)} for n, s in model.specs.items()},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": int(step),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint (``weights_only=True``: no code runs from the file).
+
+    Raises:
+        CheckpointError: unreadable, truncated, another format, another major version, or a config
+            that no longer validates; the message says which.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: checkpoint format {fmt!r}, expected {CHECKPOINT_FORMAT}")
+    version = str(payload.get("version", ""))
+    if version.split(".")[0] != structalign_ros.__version__.split(".")[0]:
+        raise CheckpointError(
+            f"{path}: written by structalign_ros {version}, incompatible with {structalign_ros.__version__}"
+        )
+    try:
+        config = from_dict(payload["config"])
+        specs = {n: ModalitySpec(s["kind"], tuple(s["shape"])) for n, s in payload["specs"].items()}
+        return Checkpoint(config, specs, payload["model"], int(payload["step"]), version)
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: incomplete or invalid checkpoint ({exc})") from exc
+
+
+def check_compatible(model: MultimodalModel, state: dict[str, Tensor]) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``model``'s keys and shapes.
+
+    Checked before loading because ``load_state_dict`` copies matching entries before it reports a
+    mismatch, which would leave a half-replaced model.
+    """
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"weights do not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, shape {wrong[:3]}"
+        )
+
+
+class Trainer:
+    """Offline training over an iterable of batches (e.g. windows read from rosbags).
+
+    Args:
+        model, objective: what to train and how.
+        config: the full tree (``train`` section used here; all of it saved with checkpoints).
+    """
+
+    def __init__(self, model: MultimodalModel, objective: Objective, config: StructAlignConfig) -> None:
+        self.model, self.objective, self.config = model, objective, config
+        self.optimizer = make_optimizer(model, objective, config.train)
+        self.step = 0
+        self.skipped = 0
+
+    def fit(
+        self, batches: Iterable[Batch], on_metrics: Callable[[int, dict[str, float]], None] | None = None
+    ) -> None:
+        """Run up to ``train.steps`` steps; checkpoint to ``train.checkpoint_dir/last.pt`` at the end."""
+        cfg = self.config.train
+        for batch in batches:
+            if self.step >= cfg.steps:
+                break
+            metrics = train_step(
+                self.model, batch, self.optimizer, self.objective, **step_options(self.config)
+            )
+            self.skipped += int(metrics["skipped"])
+            self.step += 1
+            if on_metrics is not None:
+                on_metrics(self.step, metrics)
+        if cfg.checkpoint_dir:
+            save_checkpoint(Path(cfg.checkpoint_dir) / "last.pt", self.model, self.config, self.step)
+
+
+class ReplayBuffer:
+    """The most recent windows, one row each, safe to fill from one thread and sample from another.
+
+    Rows are kept as single-window tensors so that adding is O(1) and never waits on a sampler.
+    """
+
+    def __init__(self, capacity: int, modalities: tuple[str, ...]) -> None:
+        self.modalities = modalities
+        self._rows: collections.deque[tuple[dict[str, Tensor], Tensor, Tensor | None]] = collections.deque(
+            maxlen=capacity
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, batch: Batch) -> None:
+        """Append every window of ``batch`` (on the CPU); the oldest fall out beyond capacity."""
+        if batch.modalities != self.modalities:
+            raise ValueError(f"batch modalities {batch.modalities} != buffer's {self.modalities}")
+        for i in range(len(batch)):
+            inputs = {k: v[i].detach().cpu() for k, v in batch.inputs.items()}
+            pose = None if batch.pose is None else batch.pose[i].cpu()
+            self._rows.append((inputs, batch.mask[i].cpu(), pose))
+
+    def sample(self, size: int, generator: torch.Generator) -> Batch:
+        """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
+        rows = list(self._rows)  # a snapshot: the producer may append meanwhile
+        pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
+        chosen = [rows[i] for i in pick]
+        inputs = {k: torch.stack([r[0][k] for r in chosen]) for k in self.modalities}
+        mask = torch.stack([r[1] for r in chosen])
+        poses = [r[2] for r in chosen]
+        pose = torch.stack(poses) if all(p is not None for p in poses) else None
+        return Batch(inputs, mask, self.modalities, pose=pose)
+
+
+class OnlineTrainer:
+    """Fine-tunes a private copy of the model in a background thread and publishes its weights.
+
+    The predictor keeps serving its own model; every ``swap_period_s`` this trainer hands it a copy
+    of the new weights through ``publish`` (e.g. :meth:`runtime.Predictor.swap_weights`, which
+    replaces its model by one reference assignment). Inference therefore never waits for training.
+
+    Args:
+        model: the starting weights (copied; the caller's model is not modified).
+        objective: the training objective.
+        config: the full tree; ``train`` drives batch size, buffer, period and clipping.
+        publish: called from the training thread with a CPU ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalModel,
+        objective: Objective,
+        config: StructAlignConfig,
+        publish: Callable[[dict[str, Tensor]], None],
+    ) -> None:
+        self.config = config
+        self.model = copy.deepcopy(model)
+        self.objective = objective
+        self.optimizer = make_optimizer(self.model, objective, config.train)
+        self.buffer = ReplayBuffer(config.train.replay_capacity, self.model.modalities)
+        self.publish = publish
+        self.steps = 0
+        self.skipped = 0
+        self.published = 0
+        self.last_metrics: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._generator = torch.Generator().manual_seed(config.train.seed)
+
+    def add(self, batch: Batch) -> None:
+        """Queue windows for training (called from the inference path: O(rows), no waiting)."""
+        self.buffer.add(batch)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("OnlineTrainer already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="structalign-online-trainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current step and publish the latest weights once more."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _publish(self) -> None:
+        self.publish({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        self.published += 1
+
+    def _run(self) -> None:
+        cfg = self.config.train
+        last_swap = time.monotonic()
+        while not self._stop.is_set():
+            if len(self.buffer) < cfg.min_replay:
+                self._stop.wait(0.05)
+                continue
+            batch = self.buffer.sample(cfg.batch_size, self._generator)
+            try:
+                metrics = train_step(
+                    self.model, batch, self.optimizer, self.objective, **step_options(self.config)
+                )
+            except Exception:  # a bad batch must not kill live fine-tuning; inference goes on regardless
+                log.exception("online train step failed; skipped")
+                metrics = {"skipped": 1.0}
+            self.steps += 1
+            self.skipped += int(metrics.get("skipped", 0.0))
+            self.last_metrics = metrics
+            if time.monotonic() - last_swap >= cfg.swap_period_s:
+                self._publish()
+                last_swap = time.monotonic()
+        if self.steps:
+            self._publish()
