@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +139,6 @@ class BagWriter:
         self.bytes += len(data)
 
 
-@dataclass(frozen=True)
-class TopicInfo:
-    """One topic of a bag as :func:`bag_topics` reports it."""
-
-    topic: str
-    msgtype: str
-    count: int
-    rate_hz: float
-
-
 def _open(path: Path) -> Reader:
     try:
         reader = Reader(path)
@@ -159,20 +148,13 @@ def _open(path: Path) -> Reader:
     return reader
 
 
-def bag_topics(path: str | Path) -> tuple[list[TopicInfo], int]:
-    """Topics of one bag with message counts and mean rates, and the bag duration in ns."""
+def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
+    """Topic -> (message type, message count) of one bag, from its metadata."""
     reader = _open(Path(path))
     try:
-        duration = max(int(reader.duration), 1)
-        infos = [
-            TopicInfo(
-                c.topic, c.msgtype, c.msgcount, (c.msgcount - 1) * 1e9 / duration if c.msgcount else 0.0
-            )
-            for c in reader.connections
-        ]
+        return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
     finally:
         reader.close()
-    return sorted(infos, key=lambda i: i.topic), duration
 
 
 def iter_messages(paths: Iterable[str | Path], topics: Iterable[str]) -> Iterator[tuple[str, int, Any]]:

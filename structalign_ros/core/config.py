@@ -133,6 +133,7 @@ class SimConfig:
         physics_hz: physics steps per second; every sensor sample is stamped on a physics step.
         ee_pose_topic: ground-truth end-effector pose (``geometry_msgs/PoseStamped``).
         object_pose_topic: ground-truth pose of the pushed object.
+        ground_truth_hz: rate of both ground-truth pose topics.
     """
 
     width: int = 128
@@ -143,6 +144,7 @@ class SimConfig:
     physics_hz: float = 1000.0
     ee_pose_topic: str = "/ground_truth/ee_pose"
     object_pose_topic: str = "/ground_truth/object_pose"
+    ground_truth_hz: float = 100.0
 
     def __post_init__(self) -> None:
         for name in ("width", "height", "taxel_rows", "taxel_cols"):
@@ -150,8 +152,8 @@ class SimConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.depth_encoding not in DEPTH_ENCODINGS:
             raise ConfigError(f"depth_encoding={self.depth_encoding!r} is not one of {DEPTH_ENCODINGS}")
-        if not self.physics_hz > 0:
-            raise ConfigError(f"physics_hz={self.physics_hz} must be > 0")
+        if not self.physics_hz > 0 or not self.ground_truth_hz > 0:
+            raise ConfigError("physics_hz and ground_truth_hz must be > 0")
 
 
 OBJECTIVES = ("pairwise", "symile", "gram", "unioma", "mover", "gotma", "otm")
