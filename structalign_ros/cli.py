@@ -14,6 +14,7 @@ import sys
 # name -> (one-line help, module under structalign_ros.commands)
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("print the default configuration, or validate a configuration file", "config"),
+    "export": ("export a trained checkpoint to ONNX (dynamic batch) and check parity", "export"),
 }
 
 
