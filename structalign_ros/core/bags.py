@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,10 @@ class BagWriter:
         if storage not in STORAGES:
             raise BagError(f"storage {storage!r} is not one of {sorted(STORAGES)}")
         self.path = Path(path)
-        self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        try:
+            self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        except WriterError as exc:
+            raise BagError(f"{self.path}: {exc}") from None
         self._connections: dict[str, Any] = {}
         self.count = 0
         self.bytes = 0
@@ -148,11 +152,21 @@ def _open(path: Path) -> Reader:
     return reader
 
 
-def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
-    """Topic -> (message type, message count) of one bag, from its metadata."""
+@dataclass(frozen=True)
+class BagInfo:
+    """A bag's metadata: topic -> (message type, count), and its time span."""
+
+    topics: dict[str, tuple[str, int]]
+    start_ns: int
+    duration_ns: int
+
+
+def bag_info(path: str | Path) -> BagInfo:
+    """Read one bag's metadata (no messages are read)."""
     reader = _open(Path(path))
     try:
-        return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
+        topics = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
+        return BagInfo(topics, int(reader.start_time), int(reader.duration))
     finally:
         reader.close()
 
@@ -182,6 +196,7 @@ def iter_samples(
     paths: Iterable[str | Path],
     modalities: Mapping[str, ModalityConfig],
     dropped: Counter[str] | None = None,
+    pose_topic: str = "",
 ) -> Iterator[tuple[str, int, np.ndarray]]:
     """``(modality, stamp_ns, array)`` for every enabled modality's topic, converted like the live node.
 
@@ -190,12 +205,16 @@ def iter_samples(
         modalities: name -> config; the topic picks the messages, the kind the converter.
         dropped: if given, counts messages that failed conversion, keyed ``"<modality>: <reason>"``;
             they are skipped, as the live node skips them, instead of stopping a long replay.
+        pose_topic: if given, ground-truth ``PoseStamped`` messages on it come out as modality
+            ``"pose"`` (``(7,)``, see :func:`~structalign_ros.core.convert.pose_to_array`).
     """
-    by_topic = {m.topic: (name, m) for name, m in modalities.items() if m.enabled}
+    by_topic = {m.topic: (name, m.kind, m.joint_list) for name, m in modalities.items() if m.enabled}
+    if pose_topic:
+        by_topic[pose_topic] = ("pose", "pose", [])
     for topic, _, msg in iter_messages(paths, by_topic):
-        name, mod = by_topic[topic]
+        name, kind, joints = by_topic[topic]
         try:
-            stamp, array = convert(mod.kind, msg, mod.joint_list)
+            stamp, array = convert(kind, msg, joints)
         except ConversionError as exc:
             if dropped is not None:
                 dropped[f"{name}: {exc}"] += 1

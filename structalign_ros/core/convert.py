@@ -18,6 +18,7 @@ wrench      geometry_msgs/WrenchStamped              ``(6,)`` float32 ``fx fy fz
 imu         sensor_msgs/Imu                          ``(6,)`` float32 ``ax ay az wx wy wz``
 joints      sensor_msgs/JointState                   ``(3, J)`` float32 rows position, velocity,
                                                      effort, columns in the configured joint order
+pose        geometry_msgs/PoseStamped (ground truth) ``(7,)`` float32 ``x y z qx qy qz qw``
 ==========  =======================================  ============================================
 
 Anything that would give a wrong array raises :class:`ConversionError` naming the reason.
@@ -189,6 +190,20 @@ def joints_to_array(msg: Any, joint_names: Sequence[str]) -> tuple[int, np.ndarr
     return stamp_ns(msg.header), out
 
 
+def pose_to_array(msg: Any) -> tuple[int, np.ndarray]:
+    """``geometry_msgs/PoseStamped`` -> ``(stamp_ns, (7,) float32 x y z qx qy qz qw)``.
+
+    The quaternion must be unit length (within 1e-3): a zero or unnormalised one is not a rotation.
+    """
+    p, q = msg.pose.position, msg.pose.orientation
+    out = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
+    _reject_non_finite(out, "pose")
+    norm = float(np.linalg.norm(out[3:]))
+    if abs(norm - 1.0) > 1e-3:
+        raise ConversionError(f"pose quaternion has norm {norm:.4f}, not 1")
+    return stamp_ns(msg.header), out.astype(np.float32)
+
+
 # kind -> converter; the joints converter also takes the configured joint list.
 CONVERTERS: dict[str, Callable[..., tuple[int, np.ndarray]]] = {
     "image": image_to_rgb,
@@ -197,6 +212,7 @@ CONVERTERS: dict[str, Callable[..., tuple[int, np.ndarray]]] = {
     "wrench": wrench_to_array,
     "imu": imu_to_array,
     "joints": joints_to_array,
+    "pose": pose_to_array,
 }
 
 

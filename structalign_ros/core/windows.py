@@ -242,6 +242,11 @@ class WindowAssembler:
         self._pivot_last = -1  # newest pivot stamp pushed
         self._emitted_t = -1  # newest pivot emitted
 
+    @property
+    def shapes_known(self) -> bool:
+        """Whether every stream has delivered a sample, so a masked entry can have its real shape."""
+        return all(s.values is not None for s in self._stream_list)
+
     def push(self, name: str, stamp_ns: int, value: np.ndarray) -> list[Window]:
         """Add one sample (``value`` as :mod:`~structalign_ros.core.convert` returns it)."""
         out: list[Window] = []

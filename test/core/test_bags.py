@@ -11,7 +11,7 @@ from mcap_ros2.decoder import DecoderFactory
 from structalign_ros.core.bags import (
     BagError,
     BagWriter,
-    bag_topics,
+    bag_info,
     image_msg,
     iter_messages,
     iter_samples,
@@ -47,7 +47,7 @@ def expected_counts(cfg):
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_bag_has_every_topic_with_standard_types(episodes, storage):
     cfg, root = episodes
-    topics = bag_topics(root / storage)
+    topics = bag_info(root / storage).topics
     assert {t: n for t, (_, n) in topics.items()} == expected_counts(cfg)
     assert topics["/wrist/wrench"][0] == "geometry_msgs/msg/WrenchStamped"
     assert topics["/ee/imu"][0] == "sensor_msgs/msg/Imu"

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import image_msg, imu_msg, joint_state_msg, wrench_msg
+from structalign_ros.core.bags import image_msg, imu_msg, joint_state_msg, pose_msg, wrench_msg
 from structalign_ros.core.convert import (
     ConversionError,
     convert,
@@ -15,6 +15,7 @@ from structalign_ros.core.convert import (
     image_to_tactile,
     imu_to_array,
     joints_to_array,
+    pose_to_array,
     stamp_ns,
     wrench_to_array,
 )
@@ -166,3 +167,12 @@ def test_bad_joint_states_raise(change, reason):
 def test_unknown_kind():
     with pytest.raises(ConversionError, match="no converter"):
         convert("lidar", None)
+
+
+def test_pose_is_xyz_then_ros_quaternion_order():
+    q = np.array([np.cos(0.3), 0, 0, np.sin(0.3)])  # w x y z, as MuJoCo gives it
+    stamp, out = pose_to_array(pose_msg(STAMP, "base_link", [0.1, -0.2, 0.3], q))
+    assert stamp == STAMP
+    np.testing.assert_allclose(out, [0.1, -0.2, 0.3, 0, 0, np.sin(0.3), np.cos(0.3)], rtol=1e-6)
+    with pytest.raises(ConversionError, match=r"norm 0\.0000"):
+        pose_to_array(pose_msg(STAMP, "base_link", [0, 0, 0], [0, 0, 0, 0]))

@@ -1,0 +1,148 @@
+"""Windows from rosbags for training: the node's convert -> WindowAssembler path, fed from bags.
+
+:func:`iter_windows` is the one replay pipeline (``structalign bag-info`` counts with it, training
+reads through it); :class:`WindowDataset` wraps it as a torch ``IterableDataset`` with a shuffle
+buffer, splitting bags across DataLoader workers. Each bag is one episode: the assembler is flushed
+and reset between bags, so windows never straddle two recordings.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from structalign_ros.core.bags import iter_samples
+from structalign_ros.core.batch import Batch, collate
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.windows import AssemblerStats, Window, WindowAssembler
+
+NS = 1_000_000_000
+# A ground-truth pose labels a window only if it was taken within this of the window's pivot stamp.
+POSE_TOLERANCE_NS = 20_000_000
+
+
+@dataclass
+class ReplayReport:
+    """What a replay read, dropped and produced (summed over its bags)."""
+
+    samples: Counter[str] = field(default_factory=Counter)
+    conversion_drops: Counter[str] = field(default_factory=Counter)
+    windows: int = 0
+    complete_windows: int = 0
+    warmup_windows: int = 0
+    assembler: list[AssemblerStats] = field(default_factory=list)
+
+
+def iter_windows(
+    paths: Sequence[str | Path], config: StructAlignConfig, report: ReplayReport | None = None
+) -> Iterator[tuple[Window, np.ndarray | None]]:
+    """``(window, pose)`` for every window of every bag, in order.
+
+    ``pose`` is the ``(7,)`` ground-truth end-effector pose (``x y z qx qy qz qw``) nearest the
+    window's pivot when the bag has one on ``config.sim.ee_pose_topic`` within 20 ms, else None.
+    Windows cut before every stream has delivered its first sample (the first frames of a bag) have
+    no known shape for that stream and are skipped, counted as ``warmup_windows``.
+    """
+    report = report if report is not None else ReplayReport()
+    for path in paths:
+        assembler = WindowAssembler(config.modalities, config.window)
+        report.assembler.append(assembler.stats)
+        poses: deque[tuple[int, np.ndarray]] = deque(maxlen=64)
+        samples = iter_samples([path], config.modalities, report.conversion_drops, config.sim.ee_pose_topic)
+        for name, stamp, value in samples:
+            report.samples[name] += 1
+            if name == "pose":
+                poses.append((stamp, value))
+                continue
+            for window in assembler.push(name, stamp, value):
+                yield from _labelled(window, poses, assembler, report)
+        for window in assembler.flush():
+            yield from _labelled(window, poses, assembler, report)
+
+
+def _labelled(
+    window: Window, poses: deque[tuple[int, np.ndarray]], assembler: WindowAssembler, report: ReplayReport
+) -> Iterator[tuple[Window, np.ndarray | None]]:
+    if not assembler.shapes_known:
+        report.warmup_windows += 1
+        return
+    report.windows += 1
+    report.complete_windows += all(window.mask.values())
+    pose = None
+    if poses:
+        stamp, value = min(poses, key=lambda p: abs(p[0] - window.stamp_ns))
+        if abs(stamp - window.stamp_ns) <= POSE_TOLERANCE_NS:
+            pose = value
+    yield window, pose
+
+
+def collate_labelled(items: Sequence[tuple[Window, np.ndarray | None]]) -> Batch:
+    """DataLoader ``collate_fn`` for :class:`WindowDataset`: a :class:`Batch`, with poses when every
+    window has one."""
+    windows = [w for w, _ in items]
+    poses = [p for _, p in items]
+    return collate(windows, None if any(p is None for p in poses) else poses)
+
+
+class WindowDataset(IterableDataset):
+    """Training windows from bags.
+
+    Args:
+        paths: bags; with ``num_workers > 0`` each DataLoader worker replays its own share of them.
+        config: modalities, topics and window rules (the same as the live node's).
+        shuffle_buffer: windows held for shuffling (consecutive windows overlap and are alike, so
+            a buffer spanning several seconds decorrelates a batch); 1 keeps time order.
+        seed: the shuffle seed; :meth:`set_epoch` varies it per epoch.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        config: StructAlignConfig,
+        shuffle_buffer: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not paths:
+            raise ValueError("WindowDataset needs at least one bag")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 1")
+        self.paths = [Path(p) for p in paths]
+        self.config = config
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently in the next pass."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[Window, np.ndarray | None]]:
+        worker = get_worker_info()
+        wid, nworkers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        paths = self.paths[wid::nworkers]
+        rng = random.Random(hash((self.seed, self.epoch, wid)))
+        buffer: list[tuple[Window, np.ndarray | None]] = []
+        for item in iter_windows(paths, self.config):
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            i = rng.randrange(self.shuffle_buffer)
+            yield buffer[i]
+            buffer[i] = item
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+def data_loader(dataset: WindowDataset, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding :class:`Batch` objects from ``dataset``."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_labelled, drop_last=True
+    )
