@@ -18,6 +18,9 @@ $(STAMP): setup.py Makefile
 	if nvidia-smi -L >/dev/null 2>&1; then ort=gpu; else ort=cpu; fi; \
 	  $(BIN)/python -m pip install -q -e ".[ros,sim,dev,$$ort]"
 	command -v ip >/dev/null || apt-get install -y -q iproute2
+	# Headless MuJoCo rendering: EGL where libEGL exists, else the OSMesa software fallback
+	# (structalign_ros/core/sim picks the same way).
+	ldconfig -p | grep -q 'libEGL\.so' || apt-get install -y -q libosmesa6
 	touch $(STAMP)
 
 demo: setup
