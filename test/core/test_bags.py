@@ -1,6 +1,7 @@
 """rosbag2 round trips in both storages, checked by rosbags and by the independent mcap reader."""
 
 import shutil
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -127,3 +128,23 @@ def test_corrupt_and_missing_bags_raise_bag_error(episodes, tmp_path):
         list(iter_messages([broken], ["/wrist/wrench", "/camera/color/image_raw"]))
     with pytest.raises(BagError, match="storage"):
         BagWriter(tmp_path / "x", "rosbag1")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_reading_streams_in_bounded_memory(tmp_path, storage):
+    """Peak allocation while replaying a 40 MB bag stays a small fraction of it (no whole-bag load)."""
+    frame = np.random.default_rng(0).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    n = 200
+    with BagWriter(tmp_path / "big", storage) as w:
+        for i in range(n):
+            stamp = (i + 1) * 33_000_000
+            w.write("/camera/color/image_raw", image_msg(stamp, "cam", frame, "rgb8"), stamp)
+    size = n * frame.nbytes
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_samples([tmp_path / "big"], StructAlignConfig().modalities))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < size / 4, f"peak {peak / 1e6:.1f} MB while reading a {size / 1e6:.0f} MB bag"
