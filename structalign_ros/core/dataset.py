@@ -23,7 +23,6 @@ from structalign_ros.core.batch import Batch, collate
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.windows import AssemblerStats, Window, WindowAssembler
 
-NS = 1_000_000_000
 # A ground-truth pose labels a window only if it was taken within this of the window's pivot stamp.
 POSE_TOLERANCE_NS = 20_000_000
 

@@ -236,11 +236,17 @@ class WindowAssembler:
         }
         self._stream_list = list(self.streams.values())
         self.stats = AssemblerStats()
+        # Frames waiting for their window. Bounded without a cap: every frame advances the clock, so
+        # a frame waits at most timeout_s (about timeout_s x camera rate frames pending).
         self._pending: deque[_Pending] = deque()
-        self._max_pending = max(4, int(np.ceil(keep_ns * enabled[self.pivot].rate_hz / NS)) * 4)
         self.clock = -1  # newest stamp pushed
         self._pivot_last = -1  # newest pivot stamp pushed
         self._emitted_t = -1  # newest pivot emitted
+
+    @property
+    def pending(self) -> int:
+        """Camera frames waiting for their window (for diagnostics)."""
+        return len(self._pending)
 
     @property
     def shapes_known(self) -> bool:
@@ -320,9 +326,6 @@ class WindowAssembler:
         if pos < len(ts) and ts[pos] == t:
             self.stats.dropped[f"{self.pivot}: duplicate stamp"] += 1
             return
-        if len(self._pending) >= self._max_pending:
-            self.stats.dropped[f"{self.pivot}: too many pending frames"] += 1
-            self._pending.popleft()
         pending = _Pending(t, frame)
         # Streams already past t (the camera usually arrives last) contribute right away.
         for name, s in self.streams.items():

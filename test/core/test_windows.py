@@ -239,3 +239,18 @@ def test_pivot_must_be_an_enabled_camera():
     cfg = config()
     with pytest.raises(ConfigError, match="pivot"):
         WindowAssembler(cfg.modalities, WindowConfig(pivot="imu"))
+
+
+def test_pending_frames_stay_bounded_when_a_stream_dies():
+    cfg = config(timeout_s=0.1)
+    stamps = stream_stamps(cfg, 3.0)
+    stamps["imu"] = stamps["imu"][:10]  # the IMU dies after 50 ms
+    asm = WindowAssembler(cfg.modalities, cfg.window)
+    most = 0
+    windows = []
+    for name, t in merged(stamps):
+        windows += asm.push(name, t, value(name, t))
+        most = max(most, asm.pending)
+    # The camera's own frames advance the clock, so a frame waits at most the timeout.
+    assert most <= int(0.1 * 30) + 1
+    assert len(windows) + len(asm.flush()) == len(stamps["rgb"])

@@ -17,8 +17,7 @@ from structalign_ros.core.sim.controller import PushPressController
 from structalign_ros.core.sim.noise import SensorNoise
 from structalign_ros.core.sim.scene import CAMERA, JOINTS, ObjectParams, build_mjcf, sample_object
 
-# Modality kinds the robot produces, plus its two ground-truth poses.
-SENSOR_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
+# The two ground-truth readings, beside the sensor kinds of the modalities.
 GROUND_TRUTH = ("ee_pose", "object_pose")
 CONTROL_HZ = 100.0  # joint targets are recomputed this often; the servos run at the physics rate
 
