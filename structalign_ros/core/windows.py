@@ -10,9 +10,11 @@ its samples in ``[t - span, t]``:
   topic, about 3 % of a 1 kHz stream at 30 Hz). A bin no sample fell in (a stream slower than
   ``samples / span``) is linearly interpolated from its neighbouring bins.
 
-A stream's part of a window is computed once, on the first of its samples later than ``t + reorder``
-(so a sample arriving out of order within the tolerance still lands in its window, and the work of one
-window is spread over the pushes of several streams instead of landing on one). The window
+A stream's part of a window is computed once: for a series on the first of its samples later than
+``t + reorder`` (so a sample arriving out of order within the tolerance still lands in its window),
+for a frame stream on its first frame at or after ``t`` (an aligned depth frame shares the camera's
+stamp, and waiting for the next one would add a frame period of latency). The work of one window is
+thereby spread over the pushes of several streams instead of landing on one. The window
 is emitted when every stream has done so, or when the newest stamp seen passes ``t + timeout``; a
 stream that has not caught up by then, has no sample in the span, or has a gap in it longer than
 ``max(3 periods, span / samples)`` is masked (zeros, ``mask[name] = False``), never invented.
@@ -78,9 +80,11 @@ class _Stream:
     high-rate streams together.
     """
 
-    def __init__(self, name: str, cfg: ModalityConfig, span_ns: int, keep_ns: int) -> None:
+    def __init__(self, name: str, cfg: ModalityConfig, span_ns: int, keep_ns: int, reorder_ns: int) -> None:
         self.name = name
         self.frame = cfg.kind in FRAME_KINDS
+        # The stream can contribute to the window of pivot t once it holds a stamp > t + wait_ns.
+        self.wait_ns = -1 if self.frame else reorder_ns
         self.samples = cfg.samples
         period_ns = int(NS / cfg.rate_hz)
         self.max_gap_ns = max(3 * period_ns, span_ns // cfg.samples)
@@ -232,7 +236,9 @@ class WindowAssembler:
         self.reset_ns = round(window.reset_s * NS)
         keep_ns = self.span_ns + self.timeout_ns + self.reorder_ns
         self.streams = {
-            n: _Stream(n, m, self.span_ns, keep_ns) for n, m in enabled.items() if n != self.pivot
+            n: _Stream(n, m, self.span_ns, keep_ns, self.reorder_ns)
+            for n, m in enabled.items()
+            if n != self.pivot
         }
         self._stream_list = list(self.streams.values())
         self.stats = AssemblerStats()
@@ -277,12 +283,23 @@ class WindowAssembler:
             keep_from = self._keep_from()
             stream.append(stamp_ns, value, keep_from, self.stats)
             for p in self._pending:
-                if stamp_ns <= p.t + self.reorder_ns:
+                if stamp_ns <= p.t + stream.wait_ns:
                     break
                 if name not in p.parts:
                     p.parts[name] = stream.part(p.t - self.span_ns, p.t)
         if self._pending:
             self._emit_ready(out)
+        return out
+
+    def advance(self, now_ns: int) -> list[Window]:
+        """Move the clock to ``now_ns`` without data and emit the windows whose timeout expired.
+
+        For a live node's timer, so windows still come out when every sensor, camera included, has
+        gone quiet; ``now_ns`` must be on the sensors' clock (the stamps' time base).
+        """
+        self.clock = max(self.clock, now_ns)
+        out: list[Window] = []
+        self._emit_ready(out)
         return out
 
     def flush(self) -> list[Window]:
@@ -329,7 +346,7 @@ class WindowAssembler:
         pending = _Pending(t, frame)
         # Streams already past t (the camera usually arrives last) contribute right away.
         for name, s in self.streams.items():
-            if s.last > t + self.reorder_ns:
+            if s.last > t + s.wait_ns:
                 pending.parts[name] = s.part(t - self.span_ns, t)
         self._pending.insert(pos, pending)
 

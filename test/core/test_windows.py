@@ -254,3 +254,20 @@ def test_pending_frames_stay_bounded_when_a_stream_dies():
     # The camera's own frames advance the clock, so a frame waits at most the timeout.
     assert most <= int(0.1 * 30) + 1
     assert len(windows) + len(asm.flush()) == len(stamps["rgb"])
+
+
+def test_advance_emits_timed_out_windows_when_everything_goes_quiet():
+    cfg = config(timeout_s=0.05)
+    stamps = stream_stamps(cfg, 0.5)
+    last = int(stamps["rgb"][-1])
+    stamps["joints"] = stamps["joints"][stamps["joints"] < last]  # joints stop just before the frame
+    asm = WindowAssembler(cfg.modalities, cfg.window)
+    for name, t in merged(stamps):
+        asm.push(name, t, value(name, t))
+    assert asm.pending == 1
+    assert asm.advance(last + int(0.01 * NS)) == [], "not yet timed out"
+    out = asm.advance(last + int(0.06 * NS))
+    assert [w.stamp_ns for w in out][-1] == last and asm.pending == 0
+    # F/T ran past the last frame and contributed; the joints never got past t + reorder_s, so
+    # they are masked, not guessed.
+    assert out[-1].mask["wrench"] and out[-1].mask["depth"] and not out[-1].mask["joints"]
