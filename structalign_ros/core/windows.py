@@ -248,6 +248,7 @@ class WindowAssembler:
         self.clock = -1  # newest stamp pushed
         self._pivot_last = -1  # newest pivot stamp pushed
         self._emitted_t = -1  # newest pivot emitted
+        self._pivot_shape: tuple[int, ...] | None = None  # of the first frame; windows stack later
 
     @property
     def pending(self) -> int:
@@ -331,6 +332,11 @@ class WindowAssembler:
         return oldest - self.span_ns
 
     def _add_pivot(self, t: int, frame: np.ndarray) -> None:
+        if self._pivot_shape is None:
+            self._pivot_shape = frame.shape
+        elif frame.shape != self._pivot_shape:
+            self.stats.dropped[f"{self.pivot}: shape {frame.shape} != {self._pivot_shape}"] += 1
+            return
         if t < self._pivot_last - self.reorder_ns:
             self.stats.dropped[f"{self.pivot}: older than reorder_s"] += 1
             return

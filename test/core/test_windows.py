@@ -231,7 +231,10 @@ def test_wrong_shape_and_unknown_modality_are_counted():
     asm.push("wrench", 1, np.zeros(6, np.float32))
     asm.push("wrench", 2, np.zeros(7, np.float32))
     asm.push("lidar", 3, np.zeros(7, np.float32))
+    asm.push("rgb", 4, np.zeros((6, 6, 3), np.uint8))
+    asm.push("rgb", 5, np.zeros((8, 8, 3), np.uint8))  # a camera that changed resolution
     assert asm.stats.dropped["wrench: shape (7,) != (6,)"] == 1
+    assert asm.stats.dropped["rgb: shape (8, 8, 3) != (6, 6, 3)"] == 1 and asm.pending == 1
     assert asm.stats.dropped["lidar: not an enabled modality"] == 1
 
 
