@@ -2,6 +2,7 @@
 
 from structalign_ros.cli import main
 from structalign_ros.core.bags import bag_info
+from structalign_ros.core.config import StructAlignConfig, save_yaml
 
 
 def test_sim_then_bag_info(tmp_path, capsys):
@@ -32,3 +33,20 @@ def test_sim_refuses_to_overwrite_and_bag_info_rejects_non_bags(tmp_path, capsys
     assert "exists already" in capsys.readouterr().err
     assert main(["bag-info", str(tmp_path / "nothing")]) == 1
     assert "cannot open as rosbag2" in capsys.readouterr().err
+
+
+def test_topic_to_modality_map_comes_from_the_config(tmp_path, capsys):
+    cfg = StructAlignConfig()
+    cfg.modalities["wrench"].topic = "/robot/ft/raw"
+    cfg.sim.depth_encoding = "32FC1"
+    params = tmp_path / "params.yaml"
+    save_yaml(cfg, params)
+    out = tmp_path / "renamed"
+    assert main(["sim", "--seconds", "0.3", "--out", str(out), "--config", str(params)]) == 0
+    assert "/robot/ft/raw" in bag_info(out).topics and "/wrist/wrench" not in bag_info(out).topics
+    capsys.readouterr()
+    # With the default map the F/T topic is unknown, with the file's map it is the wrench modality.
+    assert main(["bag-info", str(out)]) == 0
+    assert "missing: wrench" in capsys.readouterr().out
+    assert main(["bag-info", str(out), "--config", str(params)]) == 0
+    assert "missing: none" in capsys.readouterr().out
