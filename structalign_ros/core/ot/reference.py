@@ -6,6 +6,7 @@ these loop over the batch and move data to the host and back. Not for the traini
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -77,5 +78,7 @@ def pot_gw_barycenter(
         random_state=seed,
         log=True,
     )
-    plans = torch.as_tensor([t.T for t in log["T"]], dtype=K.dtype, device=K.device)
+    plans = torch.as_tensor(
+        np.stack(log["T"]), dtype=K.dtype, device=K.device
+    )  # (M, N, n): rows = barycenter
     return torch.as_tensor(C, dtype=K.dtype, device=K.device), plans
