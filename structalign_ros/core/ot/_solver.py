@@ -84,7 +84,8 @@ def solve_plan(
         grad: T (B, n, m) -> gradient of the objective at T, (B, n, m).
         p, q: (B, n), (B, m) marginals.
         T0: (B, n, m) feasible start, strictly positive for ``"proximal"`` (see :func:`initial_plan`).
-        epsilon: step regularisation, in the units of the gradient. Smaller is sharper and slower.
+        epsilon: step regularisation, in the units of the gradient. Proximal: smaller takes bigger steps
+            but makes each projection harder. Entropic: smaller is sharper and slower.
         solver: ``"proximal"`` or ``"entropic"``.
         max_iter, tol: outer steps and the stopping threshold on max_b ||T_k+1 - T_k||_F.
         inner_max_iter, inner_tol: the Sinkhorn projection of each step.
@@ -126,7 +127,9 @@ def solve_plan(
             break
     else:
         if warn and err > tol:
-            warn_not_converged(what, err, tol, "raise max_iter, or epsilon for faster progress.")
+            warn_not_converged(
+                what, err, tol, "raise max_iter (a smaller epsilon takes bigger proximal steps)."
+            )
     # Late proximal steps act like Sinkhorn at epsilon / k and may leave their projection unfinished;
     # the plan handed back is made exactly feasible.
     return PlanResult(round_to_coupling(T, p, q), it, err)
@@ -136,7 +139,7 @@ def round_to_coupling(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torc
     """Nearest-in-L1 feasible coupling of a nonnegative near-coupling (Altschuler et al. 2017, Alg. 2).
 
     Scales down overfull rows, then overfull columns, and adds the rank-one correction
-    :math:`\\mathbf{e}_r \\mathbf{e}_c^\top / \\|\\mathbf{e}_r\\|_1` for the missing mass, so
+    :math:`\\mathbf{e}_r \\mathbf{e}_c^\\top / \\|\\mathbf{e}_r\\|_1` for the missing mass, so
     :math:`\\|\\mathbf{T}' - \\mathbf{T}\\|_1 \\le 2(\\|\\mathbf{T}\\mathbf{1} - \\mathbf{p}\\|_1 +
     \\|\\mathbf{T}^\top\\mathbf{1} - \\mathbf{q}\\|_1)`.
     """
