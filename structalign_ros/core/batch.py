@@ -87,6 +87,22 @@ class Batch:
         )
 
 
+def to_frames(kind: str, x: Tensor) -> Tensor:
+    """A frame modality's batch layout as channels-first float frames ``(B, C, H, W)``.
+
+    image ``(B, 1, H, W, 3)`` uint8 -> RGB in ``[0, 1]``; depth ``(B, 1, H, W)`` -> ``log1p`` of metres
+    (compresses the far range, where depth noise grows quadratically with distance); tactile
+    ``(B, T, H, W)`` -> its time axis as channels.
+    """
+    if kind == "image":
+        return x[:, 0].permute(0, 3, 1, 2).float() / 255.0
+    if kind == "depth":
+        return torch.log1p(x.float().clamp_min(0.0))
+    if kind == "tactile":
+        return x.float()
+    raise ValueError(f"{kind!r} is not a frame modality")
+
+
 def collate(windows: Sequence[WindowLike], poses: Sequence[np.ndarray] | None = None) -> Batch:
     """Stack windows (all with the same modalities and shapes) into a :class:`Batch`."""
     if not windows:

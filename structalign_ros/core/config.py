@@ -159,7 +159,6 @@ class SimConfig:
 OBJECTIVES = ("pairwise", "symile", "gram", "unioma", "mover", "gotma", "otm")
 BASE_OBJECTIVES = ("pairwise", "symile", "gram")
 TEMPORAL_ENCODERS = ("conv", "gru")
-LAMBDA_REMEDIES = ("entropy", "heldout")
 BACKENDS = ("torch", "onnx")
 
 
@@ -201,12 +200,16 @@ class ObjectiveConfig:
         temperature: softmax temperature of every contrastive term.
         alpha: weight of the structural (GW) term against the contrastive one.
         epsilon: entropic regularisation of the OT/GW solvers.
+        gw_iterations: outer iterations of each GW solve and barycenter per step. A fixed budget, not
+            convergence: paired batches start from the identity plan, which is already near the
+            optimum, and the step must stay cheap.
+        sinkhorn_iterations: inner Sinkhorn iterations per GW iteration.
         pose_weight: weight of the supervised end-effector pose loss when the batch has ground truth;
             0 disables it.
-        lambda_remedy: how UniOMA keeps the modality weights from collapsing onto the modality with the
-            smallest GW term: ``entropy`` (an entropy prior on lambda) or ``heldout`` (lambda updated
-            on held-out batches only).
-        lambda_entropy: strength of the entropy prior (``lambda_remedy=entropy``).
+        lambda_entropy: UniOMA's remedy against lambda collapsing onto the modality with the smallest GW
+            term: an entropy prior ``- lambda_entropy * H(lambda)``. With it the optimal weights are
+            ``softmax(-alpha * d_gw / lambda_entropy)``: they still move away from a modality whose
+            structure disagrees, but never all the way to one modality.
         kernel_image_size: frames are average-pooled to this side before the RBF input kernel.
         tck_members: ensemble size of the time-series cluster kernel.
         tck_max_clusters: each member draws its number of mixture components from ``2..this``.
@@ -215,11 +218,12 @@ class ObjectiveConfig:
     name: str = "unioma"
     base: str = "pairwise"
     temperature: float = 0.1
-    alpha: float = 0.1
+    alpha: float = 1.0
     epsilon: float = 0.05
+    gw_iterations: int = 10
+    sinkhorn_iterations: int = 30
     pose_weight: float = 0.0
-    lambda_remedy: str = "entropy"
-    lambda_entropy: float = 0.05
+    lambda_entropy: float = 0.01
     kernel_image_size: int = 16
     tck_members: int = 30
     tck_max_clusters: int = 6
@@ -229,16 +233,15 @@ class ObjectiveConfig:
             raise ConfigError(f"name={self.name!r} is not one of {OBJECTIVES}")
         if self.base not in BASE_OBJECTIVES:
             raise ConfigError(f"base={self.base!r} is not one of {BASE_OBJECTIVES}")
-        if self.lambda_remedy not in LAMBDA_REMEDIES:
-            raise ConfigError(f"lambda_remedy={self.lambda_remedy!r} is not one of {LAMBDA_REMEDIES}")
         for name in ("temperature", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
         for name in ("alpha", "pose_weight", "lambda_entropy"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.kernel_image_size < 1 or self.tck_members < 1:
-            raise ConfigError("kernel_image_size and tck_members must be >= 1")
+        for name in ("kernel_image_size", "tck_members", "gw_iterations", "sinkhorn_iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.tck_max_clusters < 2:
             raise ConfigError(f"tck_max_clusters={self.tck_max_clusters} must be >= 2")
 

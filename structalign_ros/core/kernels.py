@@ -6,12 +6,13 @@ so the GW terms of different modalities are on one scale and no modality wins by
 
 - :func:`rbf_kernel` with a median-heuristic bandwidth, for camera, depth and tactile frames after
   :func:`frame_features` has pooled them to a small grid.
-- :func:`cosine_kernel`, the embedding-space kernel ``K_z^m``.
+- :func:`cosine_kernel`, a similarity of embeddings.
 - :class:`TimeSeriesClusterKernel`, in the spirit of the Time Series Cluster Kernel (Mikalsen et al.,
   Pattern Recognition 76, 2018) for F/T, IMU and joint windows: an ensemble of Gaussian mixtures,
   each fit on a random time segment and variable subset of a buffer, with the kernel the mean over the
   ensemble of the inner products of row-normalised posteriors. Fitting runs once on a buffer;
   evaluation is a few batched matmuls, cheap enough for every training step.
+- :class:`InputKernels`, the per-modality choice between them for a whole batch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from structalign_ros.core.batch import Batch, to_frames
 
 Array = TypeVar("Array", Tensor, np.ndarray)
 
@@ -283,3 +286,61 @@ def _log_joint(feats: Array, log_w: Array, means: Array, variances: Array) -> Ar
     )
     log_det = (variances.log() if isinstance(variances, Tensor) else np.log(variances)).sum(-1)
     return log_w - 0.5 * (quad + log_det[..., None, :] + feats.shape[-1] * math.log(2 * math.pi))
+
+
+FRAME_KINDS = ("image", "depth", "tactile")
+
+
+class InputKernels:
+    """UniOMA's input kernels ``K_x^m`` for every modality of a batch.
+
+    Frames (image, depth, tactile) get :func:`rbf_kernel` on :func:`frame_features`; series (wrench,
+    imu, joints) get a :class:`TimeSeriesClusterKernel` each, fitted on the first batch seen (or
+    explicitly with :meth:`fit`, e.g. on a replay buffer).
+
+    Args:
+        kinds: modality name -> kind, in batch order.
+        image_size: frames are pooled to this side first.
+        members, max_clusters, seed: the time-series kernels' ensemble.
+    """
+
+    def __init__(
+        self,
+        kinds: dict[str, str],
+        image_size: int = 16,
+        members: int = 30,
+        max_clusters: int = 6,
+        seed: int = 0,
+    ) -> None:
+        self.kinds = dict(kinds)
+        self.image_size = image_size
+        self.series = {
+            n: TimeSeriesClusterKernel(members, max_clusters, seed=seed + i)
+            for i, (n, k) in enumerate(self.kinds.items())
+            if k not in FRAME_KINDS
+        }
+
+    def fit(self, batch: Batch) -> None:
+        """Fit every series kernel on the windows of ``batch`` where that modality is present."""
+        for name, kernel in self.series.items():
+            present = batch.mask[:, batch.modalities.index(name)]
+            kernel.fit(batch.inputs[name][present].cpu())
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, rows: Tensor) -> Tensor:
+        """Kernels of the windows ``rows`` (an index or bool tensor over the batch).
+
+        Returns:
+            ``(M, n, n)`` float32 on the batch's device, modalities in batch order.
+        """
+        if any(not k.fitted for k in self.series.values()):
+            self.fit(batch)
+        out = []
+        for name in batch.modalities:
+            x = batch.inputs[name][rows]
+            kind = self.kinds[name]
+            if kind in FRAME_KINDS:
+                out.append(rbf_kernel(frame_features(to_frames(kind, x), self.image_size)))
+            else:
+                out.append(self.series[name](x.float()))
+        return torch.stack([k.float() for k in out])

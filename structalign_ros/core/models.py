@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import Batch, to_frames
 from structalign_ros.core.config import ModelConfig
 
 FRAME_ENCODED = ("image", "depth", "tactile")
@@ -113,13 +113,7 @@ class FrameEncoder(nn.Module):
 
     def frames(self, x: Tensor) -> Tensor:
         """The batch layout -> ``(B, C, H, W)`` float, before standardisation."""
-        if self.kind == "image":
-            x = x[:, 0].permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
-        elif self.kind == "depth":
-            # log1p compresses far range, where depth noise grows quadratically with distance
-            x = torch.log1p(x.float().clamp_min(0.0))  # (B, 1, H, W)
-        else:
-            x = x.float()  # (B, T, H, W)
+        x = to_frames(self.kind, x)
         if self.resize:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x

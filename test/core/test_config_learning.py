@@ -25,7 +25,7 @@ def test_learning_sections_round_trip(tmp_path):
         ({"objective": {"name": "clip"}}, "objective: name='clip'"),
         ({"objective": {"base": "unioma"}}, "base='unioma'"),
         ({"objective": {"temperature": 0.0}}, "temperature=0.0"),
-        ({"objective": {"lambda_remedy": "none"}}, "lambda_remedy"),
+        ({"objective": {"lambda_entropy": -1.0}}, "lambda_entropy=-1.0"),
         ({"train": {"batch_size": 1}}, "batch_size=1"),
         ({"train": {"min_replay": 10, "replay_capacity": 5}}, "min_replay"),
         ({"train": {"lr": "fast"}}, "train.lr: expected a number"),

@@ -5,15 +5,18 @@ import torch
 import torch.nn.functional as F
 
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, TrainConfig
+from structalign_ros.core.kernels import InputKernels, rbf_kernel
 from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
 from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
-from structalign_ros.core.objectives import PairwiseInfoNCE, Symile, build_objective, pose_loss
+from structalign_ros.core.objectives import GRAM, PairwiseInfoNCE, Symile, UniOMA, build_objective, pose_loss
+from structalign_ros.core.objectives.gram import masked_vectors
 from structalign_ros.core.objectives.symile import multilinear_inner_product
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import make_optimizer, seed_everything, train_step
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
-BASE = [PairwiseInfoNCE(0.1), Symile(0.1)]
+BASE = [PairwiseInfoNCE(0.1), Symile(0.1), GRAM(0.1)]
+IDS = ["pairwise", "symile", "gram"]
 
 
 def outputs(z: torch.Tensor) -> ModelOutput:
@@ -47,7 +50,20 @@ def test_symile_with_two_modalities_equals_pairwise_infonce():
     assert torch.isclose(sym, pair, atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", BASE, ids=["pairwise", "symile"])
+def test_volume_of_two_with_a_missing_third_is_sin_theta():
+    from structalign_ros.core.ot.volume import gram_volume
+
+    theta = torch.tensor([0.0, 0.3, 1.0, 1.5707963])
+    a = torch.stack([torch.ones_like(theta), torch.zeros_like(theta), torch.zeros_like(theta)], -1)
+    b = torch.stack([torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)], -1)
+    third = torch.nn.functional.normalize(torch.randn(4, 3), dim=-1)
+    z = torch.stack([a, third, b], 1)  # (4, 3, 3), the middle modality missing
+    mask = torch.tensor([[True, False, True]]).expand(4, 3)
+    assert torch.allclose(gram_volume(masked_vectors(z, mask)), torch.sin(theta), atol=1e-5)
+    assert gram_volume(masked_vectors(z, torch.ones(4, 3, dtype=torch.bool)))[0] < 1e-5
+
+
+@pytest.mark.parametrize("objective", BASE, ids=IDS)
 def test_aligned_embeddings_score_better_than_shuffled(objective):
     z = aligned()
     if isinstance(objective, Symile):
@@ -55,13 +71,16 @@ def test_aligned_embeddings_score_better_than_shuffled(objective):
         z[:, 2] = F.normalize(z[:, 0] * F.normalize(torch.randn(32, 8), dim=-1), dim=-1)
         z[:, 1] = F.normalize(z[:, 2] / z[:, 0], dim=-1)
     shuffled = z.clone()
+    # every modality but the first gets its own permutation: no two members of a window stay paired
+    # (a volume is already small when any two of its vectors are collinear)
     shuffled[:, 1] = z[torch.randperm(32), 1]
+    shuffled[:, 2] = z[torch.randperm(32), 2]
     mask = _Masked(torch.ones(32, 3, dtype=torch.bool))
     lam = torch.ones(3) / 3
     assert objective(outputs(z), mask, lam).loss < objective(outputs(shuffled), mask, lam).loss - 0.5
 
 
-@pytest.mark.parametrize("objective", BASE, ids=["pairwise", "symile"])
+@pytest.mark.parametrize("objective", BASE, ids=IDS)
 def test_masked_entries_do_not_affect_the_loss(objective):
     z = aligned(m=3, noise=0.5)
     mask = torch.ones(32, 3, dtype=torch.bool)
@@ -90,9 +109,12 @@ def test_pose_loss_is_zero_at_the_truth_and_grows_with_rotation():
 
 
 def test_build_objective_names_what_is_missing():
-    assert isinstance(build_objective(ObjectiveConfig(name="symile")), Symile)
+    kinds = {"rgb": "image", "imu": "imu"}
+    assert isinstance(build_objective(ObjectiveConfig(name="symile"), kinds), Symile)
+    uni = build_objective(ObjectiveConfig(name="unioma", base="gram"), kinds)
+    assert isinstance(uni, UniOMA) and isinstance(uni.base, GRAM)
     with pytest.raises(NotImplementedError, match="available"):
-        build_objective(ObjectiveConfig(name="otm"))
+        build_objective(ObjectiveConfig(name="otm"), kinds)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +122,7 @@ def world():
     return SyntheticWorld(image=16, steps=12)
 
 
-@pytest.mark.parametrize("objective", BASE, ids=["pairwise", "symile"])
+@pytest.mark.parametrize("objective", BASE, ids=IDS)
 def test_gradients_reach_every_encoder_and_lambda(world, objective):
     batch, _ = world.batch(16, seed=0, drop=0.2)
     model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
@@ -116,7 +138,7 @@ def test_gradients_reach_every_encoder_and_lambda(world, objective):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pairwise", "symile"])
+@pytest.mark.parametrize("name", IDS)
 def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     # 16 close classes: random encoders do not already separate them (the probe is not at ceiling)
     world = SyntheticWorld(classes=16, spread=1.0, image=16, steps=12)
@@ -126,7 +148,7 @@ def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     probe_te, y_te = world.batch(128, seed=3, noise=0.5)
     model = MultimodalModel(ModalitySpec.from_batch(train, world.kinds), TINY)
     model.fit_input_stats(train)
-    objective = build_objective(ObjectiveConfig(name=name, temperature=0.2))
+    objective = build_objective(ObjectiveConfig(name=name, temperature=0.2), world.kinds)
 
     def probe() -> float:
         """Mean over modalities of the linear-probe accuracy of that modality's embedding."""
@@ -148,3 +170,82 @@ def test_recall_at_k_counts_the_paired_item():
     x = torch.eye(4)
     assert recall_at_k(x, x, k=1) == 1.0
     assert recall_at_k(x, x[[1, 0, 2, 3]], k=1) == 0.5
+
+
+def unioma(world, alpha=1.0, lambda_entropy=0.01):
+    kernels = InputKernels(world.kinds, image_size=8, members=10, max_clusters=4)
+    return UniOMA(PairwiseInfoNCE(0.2), kernels, alpha=alpha, lambda_entropy=lambda_entropy)
+
+
+def test_unioma_terms_match_pot_and_reach_lambda_and_every_encoder(world):
+    import ot
+
+    batch, _ = world.batch(24, seed=0)
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
+    model.fit_input_stats(batch)
+    objective = unioma(world)
+    out = model(batch.inputs, batch.mask)
+    d, consensus = objective.structure(out, batch, model.lambdas)
+    assert d.shape == (6,) and consensus.shape == (24, 24)
+    # the oracle: POT's exact square-loss GW from the same start, on the same matrices
+    Kz = rbf_kernel(out.embeddings.detach().transpose(0, 1))
+    C = consensus.detach().double().numpy()
+    start = torch.eye(24, dtype=torch.float64).numpy() / 24
+    ref = [ot.gromov.gromov_wasserstein2(C, k.double().numpy(), loss_fun="square_loss", G0=start) for k in Kz]
+    assert torch.allclose(d.detach().double(), torch.tensor(ref), rtol=0.05, atol=1e-3)
+
+    objective(out, batch, model.lambdas).loss.backward()
+    assert model.modality_logits.grad is not None and model.modality_logits.grad.abs().sum() > 0
+    for name, enc in model.encoders.items():
+        assert sum(p.grad.abs().sum() for p in enc.parameters()) > 0, name
+
+
+def test_unioma_without_enough_complete_windows_is_the_base_objective(world):
+    batch, _ = world.batch(16, seed=1)
+    batch.mask[::2, 1] = False
+    batch.mask[1::2, 2] = False  # no window has every modality
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
+    out = model(batch.inputs, batch.mask)
+    objective = unioma(world, lambda_entropy=0.0)
+    result = objective(out, batch, model.lambdas)
+    assert "gw" not in result.metrics
+    assert torch.isclose(result.loss, objective.base(out, batch, model.lambdas).loss)
+
+
+def test_entropy_prior_keeps_lambda_off_the_vertex():
+    # lambda alone against fixed GW terms: without the prior it collapses, with it it is a softmax
+    d = torch.tensor([0.05, 0.02, 0.08])
+    finals = {}
+    for beta in (0.0, 0.01):
+        logits = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.SGD([logits], lr=50.0)
+        for _ in range(600):
+            lam = torch.softmax(logits, 0)
+            loss = (lam * d).sum() + beta * (lam * lam.log()).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        finals[beta] = torch.softmax(logits, 0).detach()
+    assert finals[0.0][1] > 0.99
+    assert torch.allclose(finals[0.01], torch.softmax(-d / 0.01, 0), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_corrupted_modality_loses_weight_against_a_clean_run(world):
+    imu = world.modalities.index("imu")
+
+    def final_lambdas(corrupt):
+        seed_everything(0)
+        first, _ = world.batch(32, seed=0, corrupt=corrupt)
+        model = MultimodalModel(ModalitySpec.from_batch(first, world.kinds), TINY)
+        model.fit_input_stats(first)
+        objective = unioma(world)
+        opt = make_optimizer(model, objective, TrainConfig(lr=3e-3))
+        for s in range(30):
+            train_step(model, world.batch(32, seed=10 + s, corrupt=corrupt)[0], opt, objective)
+        return model.lambdas.detach()
+
+    clean, corrupted = final_lambdas(None), final_lambdas("imu")
+    print(f"lambda clean {clean.tolist()}\nlambda imu corrupted {corrupted.tolist()}")
+    assert corrupted[imu] < clean[imu] - 0.003
+    assert corrupted[imu] == corrupted.min()

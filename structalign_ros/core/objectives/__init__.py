@@ -5,26 +5,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from structalign_ros.core.config import ObjectiveConfig
+from structalign_ros.core.kernels import InputKernels
 from structalign_ros.core.objectives.base import Objective, ObjectiveResult
+from structalign_ros.core.objectives.gram import GRAM
 from structalign_ros.core.objectives.pairwise import PairwiseInfoNCE
 from structalign_ros.core.objectives.pose import pose_loss
 from structalign_ros.core.objectives.symile import Symile
+from structalign_ros.core.objectives.unioma import UniOMA
 
-__all__ = ["Objective", "ObjectiveResult", "PairwiseInfoNCE", "Symile", "build_objective", "pose_loss"]
+__all__ = [
+    "GRAM",
+    "Objective",
+    "ObjectiveResult",
+    "PairwiseInfoNCE",
+    "Symile",
+    "build_objective",
+    "pose_loss",
+]
 
-_BUILDERS: dict[str, Callable[[ObjectiveConfig], Objective]] = {
+_BASE: dict[str, Callable[[ObjectiveConfig], Objective]] = {
     "pairwise": lambda cfg: PairwiseInfoNCE(cfg.temperature),
     "symile": lambda cfg: Symile(cfg.temperature),
+    "gram": lambda cfg: GRAM(cfg.temperature),
 }
 
 
-def build_objective(cfg: ObjectiveConfig) -> Objective:
-    """The objective named by ``cfg.name``, configured from ``cfg``."""
-    if cfg.name not in _BUILDERS:
-        raise NotImplementedError(
-            f"objective {cfg.name!r} is not implemented yet; available: {sorted(_BUILDERS)}"
-        )
-    return _BUILDERS[cfg.name](cfg)
+def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
+    kernels = InputKernels(dict(kinds), cfg.kernel_image_size, cfg.tck_members, cfg.tck_max_clusters)
+    return UniOMA(
+        _BASE[cfg.base](cfg),
+        kernels,
+        alpha=cfg.alpha,
+        epsilon=cfg.epsilon,
+        gw_iterations=cfg.gw_iterations,
+        sinkhorn_iterations=cfg.sinkhorn_iterations,
+        lambda_entropy=cfg.lambda_entropy,
+    )
+
+
+def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
+    """The objective named by ``cfg.name``, configured from ``cfg``.
+
+    Args:
+        kinds: modality name -> kind in batch order (``MultimodalModel.specs``), for input kernels.
+    """
+    if cfg.name in _BASE:
+        return _BASE[cfg.name](cfg)
+    if cfg.name == "unioma":
+        return _unioma(cfg, kinds)
+    raise NotImplementedError(
+        f"objective {cfg.name!r} is not implemented yet; available: {sorted([*_BASE, 'unioma'])}"
+    )

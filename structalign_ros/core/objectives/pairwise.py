@@ -33,4 +33,6 @@ class PairwiseInfoNCE(Objective):
         loss_ab, acc_ab = masked_cross_entropy(logits, both, both)
         loss_ba, acc_ba = masked_cross_entropy(logits.transpose(1, 2), both, both)
         loss = 0.5 * (loss_ab + loss_ba)
-        return ObjectiveResult(loss, {"contrastive": float(loss.detach()), "top1": float(0.5 * (acc_ab + acc_ba))})
+        return ObjectiveResult(
+            loss, {"contrastive": float(loss.detach()), "top1": float(0.5 * (acc_ab + acc_ba))}
+        )
