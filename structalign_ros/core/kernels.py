@@ -324,7 +324,7 @@ class InputKernels:
         """Fit every series kernel on the windows of ``batch`` where that modality is present."""
         for name, kernel in self.series.items():
             present = batch.mask[:, batch.modalities.index(name)]
-            kernel.fit(batch.inputs[name][present].cpu())
+            kernel.fit(batch.inputs[name][present].flatten(2).cpu())  # (N, T, V): joints are (T, 3, J)
 
     @torch.no_grad()
     def __call__(self, batch: Batch, rows: Tensor) -> Tensor:
@@ -342,5 +342,5 @@ class InputKernels:
             if kind in FRAME_KINDS:
                 out.append(rbf_kernel(frame_features(to_frames(kind, x), self.image_size)))
             else:
-                out.append(self.series[name](x.float()))
+                out.append(self.series[name](x.flatten(2).float()))
         return torch.stack([k.float() for k in out])
