@@ -8,7 +8,15 @@ from structalign_ros.core.config import ModelConfig, ObjectiveConfig, TrainConfi
 from structalign_ros.core.kernels import InputKernels, rbf_kernel
 from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
 from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
-from structalign_ros.core.objectives import GRAM, PairwiseInfoNCE, Symile, UniOMA, build_objective, pose_loss
+from structalign_ros.core.objectives import (
+    GRAM,
+    MOVER,
+    PairwiseInfoNCE,
+    Symile,
+    UniOMA,
+    build_objective,
+    pose_loss,
+)
 from structalign_ros.core.objectives.gram import masked_vectors
 from structalign_ros.core.objectives.symile import multilinear_inner_product
 from structalign_ros.core.synthetic import SyntheticWorld
@@ -138,7 +146,7 @@ def test_gradients_reach_every_encoder_and_lambda(world, objective):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", IDS)
+@pytest.mark.parametrize("name", [*IDS, "mover"])
 def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     # 16 close classes: random encoders do not already separate them (the probe is not at ceiling)
     world = SyntheticWorld(classes=16, spread=1.0, image=16, steps=12)
@@ -148,7 +156,9 @@ def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     probe_te, y_te = world.batch(128, seed=3, noise=0.5)
     model = MultimodalModel(ModalitySpec.from_batch(train, world.kinds), TINY)
     model.fit_input_stats(train)
-    objective = build_objective(ObjectiveConfig(name=name, temperature=0.2), world.kinds)
+    # alpha = 0.2 weights MOVER's volume term (matched by OT on still-random embeddings) below its
+    # contrastive term; the other objectives here do not use alpha
+    objective = build_objective(ObjectiveConfig(name=name, temperature=0.2, alpha=0.2), world.kinds)
 
     def probe() -> float:
         """Mean over modalities of the linear-probe accuracy of that modality's embedding."""
@@ -249,3 +259,35 @@ def test_a_corrupted_modality_loses_weight_against_a_clean_run(world):
     print(f"lambda clean {clean.tolist()}\nlambda imu corrupted {corrupted.tolist()}")
     assert corrupted[imu] < clean[imu] - 0.003
     assert corrupted[imu] == corrupted.min()
+
+
+def test_mover_matching_recovers_a_shuffled_pairing_and_prefers_aligned_groups():
+    z = aligned(b=24, m=3, noise=0.05)
+    perm1, perm2 = torch.randperm(24), torch.randperm(24)
+    shuffled = z.clone()
+    shuffled[:, 1], shuffled[:, 2] = z[perm1, 1], z[perm2, 2]
+    mask = torch.ones(24, 3, dtype=torch.bool)
+    mover = MOVER(temperature=0.1, epsilon=0.01)
+    index, _ = mover.match(shuffled, mask)
+    # window i's modality-1 embedding now sits at row inv(perm1)[i]
+    assert torch.equal(index[:, 1], torch.argsort(perm1)) and torch.equal(index[:, 2], torch.argsort(perm2))
+    assert torch.equal(index[:, 0], torch.arange(24))
+    lam = torch.ones(3) / 3
+    aligned_loss = mover(outputs(z), _Masked(mask), lam)
+    random = F.normalize(torch.randn(24, 3, 8), dim=-1)
+    random_loss = mover(outputs(random), _Masked(mask), lam)
+    assert aligned_loss.metrics["volume"] < 0.2 * random_loss.metrics["volume"]
+    assert aligned_loss.loss < random_loss.loss
+    assert aligned_loss.metrics["match_rate"] == 1.0
+
+
+def test_mover_ignores_masked_entries():
+    z = aligned(b=24, m=3, noise=0.3)
+    mask = torch.ones(24, 3, dtype=torch.bool)
+    mask[::4, 2] = False
+    other = z.clone()
+    other[~mask] = F.normalize(torch.randn(int((~mask).sum()), 8), dim=-1)
+    lam = torch.ones(3) / 3
+    a = MOVER()(outputs(z), _Masked(mask), lam).loss
+    b = MOVER()(outputs(other), _Masked(mask), lam).loss
+    assert torch.isfinite(a) and torch.isclose(a, b, atol=1e-5)

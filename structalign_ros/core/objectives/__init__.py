@@ -11,6 +11,7 @@ from structalign_ros.core.config import ObjectiveConfig
 from structalign_ros.core.kernels import InputKernels
 from structalign_ros.core.objectives.base import Objective, ObjectiveResult
 from structalign_ros.core.objectives.gram import GRAM
+from structalign_ros.core.objectives.mover import MOVER
 from structalign_ros.core.objectives.pairwise import PairwiseInfoNCE
 from structalign_ros.core.objectives.pose import pose_loss
 from structalign_ros.core.objectives.symile import Symile
@@ -56,6 +57,8 @@ def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective
         return _BASE[cfg.name](cfg)
     if cfg.name == "unioma":
         return _unioma(cfg, kinds)
+    if cfg.name == "mover":
+        return MOVER(cfg.temperature, cfg.epsilon, cfg.alpha)
     raise NotImplementedError(
-        f"objective {cfg.name!r} is not implemented yet; available: {sorted([*_BASE, 'unioma'])}"
+        f"objective {cfg.name!r} is not implemented yet; available: {sorted([*_BASE, 'unioma', 'mover'])}"
     )

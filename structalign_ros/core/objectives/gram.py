@@ -36,6 +36,21 @@ def masked_vectors(z: Tensor, mask: Tensor) -> Tensor:
     return torch.cat([z * present, eye * ~present], dim=-1)
 
 
+def cross_volumes(lifted: Tensor, anchor: int) -> Tensor:
+    """Volumes of every anchor-of-``i`` with the-other-modalities-of-``j`` group.
+
+    Args:
+        lifted: ``(B, M, D)`` from :func:`masked_vectors`; anchor: the anchor modality's index.
+
+    Returns:
+        ``(B_i, B_j)``; the diagonal holds each window's own group.
+    """
+    b, m, _ = lifted.shape
+    groups = lifted.unsqueeze(0).expand(b, b, m, -1).clone()  # (B_i, B_j, M, D)
+    groups[:, :, anchor] = lifted[:, anchor].unsqueeze(1)
+    return gram_volume(groups)
+
+
 class GRAM(Objective):
     """Volume contrastive loss with modality ``anchor`` (batch order) as the anchor.
 
@@ -54,14 +69,9 @@ class GRAM(Objective):
 
     def forward(self, out: ModelOutput, batch: Batch, lambdas: Tensor) -> ObjectiveResult:
         z, mask = out.embeddings, batch.mask  # (B, M, d), (B, M)
-        b, m, _ = z.shape
         a = self.anchor
         lifted = masked_vectors(z, mask)  # (B, M, d+M)
-        anchor = lifted[:, a]  # (B, d+M)
-        # entry (i, j): the anchor of window i with the other modalities of window j
-        groups = lifted.unsqueeze(0).expand(b, b, m, -1).clone()  # (B_i, B_j, M, d+M)
-        groups[:, :, a] = anchor[:, None, :]
-        vol = gram_volume(groups)  # (B_i, B_j)
+        vol = cross_volumes(lifted, a)  # (B_i, B_j)
         logits = -vol / self.temperature
         has_anchor = mask[:, a]
         has_other = mask.sum(1) - mask[:, a].long() > 0
