@@ -147,6 +147,8 @@ def round_to_coupling(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torc
     T = T * row.unsqueeze(-1)
     col = (q / T.sum(-2).clamp_min(torch.finfo(T.dtype).tiny)).clamp(max=1.0)
     T = T * col.unsqueeze(-2)
-    err_r, err_c = p - T.sum(-1), q - T.sum(-2)
+    # non-negative after the scale-down; clamp the rounding noise, or an underflowed zero entry turns
+    # negative and the next proximal step takes its log
+    err_r, err_c = (p - T.sum(-1)).clamp_min(0.0), (q - T.sum(-2)).clamp_min(0.0)
     mass = err_r.sum(-1, keepdim=True).clamp_min(torch.finfo(T.dtype).tiny)
     return T + err_r.unsqueeze(-1) * err_c.unsqueeze(-2) / mass.unsqueeze(-1)

@@ -24,7 +24,7 @@ def pot_gw_plans(
         ot.gromov.gromov_wasserstein(_np(a), _np(b), _np(pa), _np(qb), G0=_np(t), loss_fun="square_loss")
         for a, b, pa, qb, t in zip(C1, C2, p, q, T0, strict=True)
     ]
-    return torch.as_tensor(plans, dtype=C1.dtype, device=C1.device)
+    return torch.as_tensor(np.stack(plans), dtype=C1.dtype, device=C1.device)
 
 
 def pot_fgw_plans(
@@ -45,7 +45,7 @@ def pot_fgw_plans(
         )
         for m, a, b, pa, qb, t in zip(M, C1, C2, p, q, T0, strict=True)
     ]
-    return torch.as_tensor(plans, dtype=C1.dtype, device=C1.device)
+    return torch.as_tensor(np.stack(plans), dtype=C1.dtype, device=C1.device)
 
 
 def pot_gw_barycenter(
