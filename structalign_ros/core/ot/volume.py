@@ -11,7 +11,9 @@ Differentiating :math:`\sqrt{\det G}` through ``det`` or ``cholesky`` divides by
 NaN for (nearly) collinear vectors, which is exactly where aligned embeddings sit. The volume is
 Lipschitz in V, however: with :math:`\mathbf{V} = \mathbf{U}\,\mathrm{diag}(\sigma)\,\mathbf{W}^\top`,
 :math:`\partial\,\mathrm{vol}/\partial \mathbf{V} = \mathbf{U}\,\mathrm{diag}(c)\,\mathbf{W}^\top` with
-:math:`c_i = \prod_{j \ne i} \sigma_j`, a product with no division, finite everywhere.
+:math:`c_i = \prod_{j \ne i} \sigma_j`, a product with no division, finite everywhere. U and the
+singular values come from the eigendecomposition of the small k×k Gram matrix; where a singular value
+is zero its direction is any unit vector, a valid subgradient.
 """
 
 from __future__ import annotations
@@ -24,18 +26,24 @@ from ._base import compute_dtype
 class _GramVolume(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        U, S, Wh = torch.linalg.svd(V, full_matrices=False)
+        # eigh of the small (k, k) Gram matrix instead of an SVD of (k, d): ~7x cheaper for GRAM's
+        # B^2 volumes. sigma_i is read as |W_i^T V| rather than sqrt(s_i): accurate to machine epsilon
+        # in absolute terms (like an SVD), where sqrt(s_i) would lose half the digits of small volumes.
+        _, W = torch.linalg.eigh(V @ V.transpose(-1, -2))
+        P = W.transpose(-1, -2) @ V  # (..., k, d), rows sigma_i z_i
+        S = torch.linalg.vector_norm(P, dim=-1)
+        Z = P / S.clamp_min(torch.finfo(V.dtype).tiny).unsqueeze(-1)  # unit rows (0 where sigma_i = 0)
         ones = torch.ones_like(S[..., :1])
         # c_i = prod_{j != i} s_j from prefix and suffix products: no division by a zero s_i
         prefix = torch.cumprod(torch.cat([ones, S[..., :-1]], -1), -1)
         suffix = torch.cumprod(torch.cat([ones, S.flip(-1)[..., :-1]], -1), -1).flip(-1)
-        ctx.save_for_backward(U, prefix * suffix, Wh)
+        ctx.save_for_backward(W, prefix * suffix, Z)
         return S.prod(-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        U, c, Wh = ctx.saved_tensors
-        return grad[..., None, None] * ((U * c.unsqueeze(-2)) @ Wh)
+        W, c, Z = ctx.saved_tensors
+        return grad[..., None, None] * ((W * c.unsqueeze(-2)) @ Z)
 
 
 def gram_volume(V: torch.Tensor) -> torch.Tensor:
