@@ -39,3 +39,38 @@ def recall_at_k(query: Tensor, gallery: Tensor, k: int = 1) -> float:
     sims = F.normalize(query, dim=-1) @ F.normalize(gallery, dim=-1).T  # (N, N)
     topk = sims.topk(k, dim=1).indices
     return float((topk == torch.arange(len(query)).unsqueeze(1)).any(1).double().mean())
+
+
+def neighbourhood_preservation(z1: Tensor, z2: Tensor, k: int = 5) -> float:
+    """GOTMA's L_NP: mean share of each point's k nearest neighbours that it keeps across two views.
+
+    Args:
+        z1, z2: ``(N, D1)``, ``(N, D2)``, row ``i`` of each from the same window; ``k < N``.
+
+    Returns:
+        In ``[0, 1]``; 1 when both views have the same neighbourhoods.
+    """
+
+    def neighbours(z: Tensor) -> Tensor:
+        d = torch.cdist(z.double(), z.double())
+        d.fill_diagonal_(float("inf"))
+        return F.one_hot(d.topk(k, largest=False).indices, len(z)).sum(1).bool()  # (N, N)
+
+    return float((neighbours(z1) & neighbours(z2)).sum(1).double().mean() / k)
+
+
+def gw_manifold_discrepancy(z1: Tensor, z2: Tensor, k: int = 5, epsilon: float = 0.05) -> float:
+    """GOTMA's manifold discrepancy: GW between the kNN-geodesic distance matrices of two views.
+
+    Unlike :func:`neighbourhood_preservation` it needs no pairing between the rows of the views;
+    the solve starts from the product coupling for that reason.
+
+    Args:
+        z1, z2: ``(N1, D1)``, ``(N2, D2)`` embeddings.
+    """
+    from structalign_ros.core.kernels import knn_geodesic_distances
+    from structalign_ros.core.ot import gromov_wasserstein2
+
+    with torch.no_grad():
+        d1, d2 = knn_geodesic_distances(z1.double(), k), knn_geodesic_distances(z2.double(), k)
+        return float(gromov_wasserstein2(d1, d2, epsilon=epsilon))

@@ -9,6 +9,7 @@ from structalign_ros.core.kernels import InputKernels, rbf_kernel
 from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
 from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
 from structalign_ros.core.objectives import (
+    GOTMA,
     GRAM,
     MOVER,
     PairwiseInfoNCE,
@@ -146,7 +147,7 @@ def test_gradients_reach_every_encoder_and_lambda(world, objective):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*IDS, "mover"])
+@pytest.mark.parametrize("name", [*IDS, "mover", "gotma"])
 def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     # 16 close classes: random encoders do not already separate them (the probe is not at ceiling)
     world = SyntheticWorld(classes=16, spread=1.0, image=16, steps=12)
@@ -291,3 +292,34 @@ def test_mover_ignores_masked_entries():
     a = MOVER()(outputs(z), _Masked(mask), lam).loss
     b = MOVER()(outputs(other), _Masked(mask), lam).loss
     assert torch.isfinite(a) and torch.isclose(a, b, atol=1e-5)
+
+
+def test_gotma_geometry_terms_vanish_for_isometric_views_and_grow_otherwise():
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(24, 8, generator=g), dim=-1)
+    rotation = torch.linalg.qr(torch.randn(8, 8, generator=g))[0]
+    mask = _Masked(torch.ones(24, 2, dtype=torch.bool))
+    gotma = GOTMA(alpha=1.0, k=4)
+    iso = gotma(outputs(torch.stack([base, base @ rotation], 1)), mask, torch.ones(2) / 2).metrics
+    other = F.normalize(torch.randn(24, 8, generator=g), dim=-1)
+    far = gotma(outputs(torch.stack([base, other], 1)), mask, torch.ones(2) / 2).metrics
+    # the entropic plan is blurred, so even isometric views keep a small GW value
+    print(f"gotma gw isometric {iso['gw']:.4f}, unrelated {far['gw']:.4f}")
+    assert iso["riemannian"] < 1e-8 and far["riemannian"] > 0.05
+    assert far["gw"] > 2 * iso["gw"]
+
+
+def test_geodesic_distances_follow_the_manifold_and_metrics_compare_views():
+    from structalign_ros.core.kernels import knn_geodesic_distances
+    from structalign_ros.core.metrics import gw_manifold_discrepancy, neighbourhood_preservation
+
+    t = torch.linspace(0, 3, 40)
+    arc = torch.stack([torch.cos(t), torch.sin(t)], 1)
+    D = knn_geodesic_distances(arc, 2)
+    assert torch.isclose(D[0, -1] / D[0, 1], torch.tensor(39.0), rtol=1e-3)  # arc length, not the chord
+    assert torch.allclose(D, D.T) and torch.equal(D.diagonal(), torch.zeros(40))
+    z = torch.randn(50, 8)
+    rotated = z @ torch.linalg.qr(torch.randn(8, 8))[0]
+    assert neighbourhood_preservation(z, rotated) == 1.0
+    assert neighbourhood_preservation(z, torch.randn(50, 8)) < 0.5
+    assert gw_manifold_discrepancy(z, rotated) < 1e-6 < gw_manifold_discrepancy(z, torch.randn(50, 8))

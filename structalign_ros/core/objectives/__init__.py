@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from structalign_ros.core.config import ObjectiveConfig
 from structalign_ros.core.kernels import InputKernels
 from structalign_ros.core.objectives.base import Objective, ObjectiveResult
+from structalign_ros.core.objectives.gotma import GOTMA
 from structalign_ros.core.objectives.gram import GRAM
 from structalign_ros.core.objectives.mover import MOVER
 from structalign_ros.core.objectives.pairwise import PairwiseInfoNCE
@@ -59,6 +60,7 @@ def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective
         return _unioma(cfg, kinds)
     if cfg.name == "mover":
         return MOVER(cfg.temperature, cfg.epsilon, cfg.alpha)
-    raise NotImplementedError(
-        f"objective {cfg.name!r} is not implemented yet; available: {sorted([*_BASE, 'unioma', 'mover'])}"
-    )
+    if cfg.name == "gotma":
+        return GOTMA(cfg.temperature, cfg.alpha, cfg.epsilon, cfg.gw_iterations, cfg.sinkhorn_iterations)
+    available = sorted([*_BASE, "unioma", "mover", "gotma"])
+    raise NotImplementedError(f"objective {cfg.name!r} is not implemented yet; available: {available}")
