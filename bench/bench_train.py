@@ -56,7 +56,9 @@ def step_ms(name: str, batch_size: int, repeats: int, base: str) -> float | None
     model = MultimodalModel(ModalitySpec.from_batch(batches[0], world.kinds), ModelConfig())
     model.fit_input_stats(batches[0])
     try:
-        objective = build_objective(ObjectiveConfig(name=name, base=base), world.kinds)
+        objective = build_objective(
+            ObjectiveConfig(name=name, base=base), world.kinds, ModelConfig().embed_dim
+        )
     except NotImplementedError:
         return None
     opt = make_optimizer(model, objective, TrainConfig())

@@ -198,7 +198,8 @@ class ObjectiveConfig:
         name: the method, one of ``OBJECTIVES``.
         base: the contrastive objective that the structural methods (UniOMA) regularise.
         temperature: softmax temperature of every contrastive term.
-        alpha: weight of the structural (GW) term against the contrastive one.
+        alpha: weight of each method's second term against its contrastive one: UniOMA's GW
+            regulariser, MOVER's OT-weighted volume, GOTMA's geometry terms, OTM's reconstruction.
         epsilon: entropic regularisation of the OT/GW solvers.
         gw_iterations: outer iterations of each GW solve and barycenter per step. A fixed budget, not
             convergence: paired batches start from the identity plan, which is already near the

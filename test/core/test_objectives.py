@@ -12,6 +12,7 @@ from structalign_ros.core.objectives import (
     GOTMA,
     GRAM,
     MOVER,
+    OTM,
     PairwiseInfoNCE,
     Symile,
     UniOMA,
@@ -117,13 +118,13 @@ def test_pose_loss_is_zero_at_the_truth_and_grows_with_rotation():
     assert pose_loss(off, target)[0] > loss + 0.1
 
 
-def test_build_objective_names_what_is_missing():
+def test_build_objective_configures_each_method():
     kinds = {"rgb": "image", "imu": "imu"}
-    assert isinstance(build_objective(ObjectiveConfig(name="symile"), kinds), Symile)
-    uni = build_objective(ObjectiveConfig(name="unioma", base="gram"), kinds)
+    assert isinstance(build_objective(ObjectiveConfig(name="symile"), kinds, 16), Symile)
+    uni = build_objective(ObjectiveConfig(name="unioma", base="gram"), kinds, 16)
     assert isinstance(uni, UniOMA) and isinstance(uni.base, GRAM)
-    with pytest.raises(NotImplementedError, match="available"):
-        build_objective(ObjectiveConfig(name="otm"), kinds)
+    otm = build_objective(ObjectiveConfig(name="otm"), kinds, 16)
+    assert isinstance(otm, OTM) and len(otm.decoders) == 2
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_gradients_reach_every_encoder_and_lambda(world, objective):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*IDS, "mover", "gotma"])
+@pytest.mark.parametrize("name", [*IDS, "mover", "gotma", "otm"])
 def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     # 16 close classes: random encoders do not already separate them (the probe is not at ceiling)
     world = SyntheticWorld(classes=16, spread=1.0, image=16, steps=12)
@@ -159,7 +160,9 @@ def test_short_training_lowers_the_loss_and_improves_a_linear_probe(name):
     model.fit_input_stats(train)
     # alpha = 0.2 weights MOVER's volume term (matched by OT on still-random embeddings) below its
     # contrastive term; the other objectives here do not use alpha
-    objective = build_objective(ObjectiveConfig(name=name, temperature=0.2, alpha=0.2), world.kinds)
+    objective = build_objective(
+        ObjectiveConfig(name=name, temperature=0.2, alpha=0.2), world.kinds, TINY.embed_dim
+    )
 
     def probe() -> float:
         """Mean over modalities of the linear-probe accuracy of that modality's embedding."""
@@ -323,3 +326,27 @@ def test_geodesic_distances_follow_the_manifold_and_metrics_compare_views():
     assert neighbourhood_preservation(z, rotated) == 1.0
     assert neighbourhood_preservation(z, torch.randn(50, 8)) < 0.5
     assert gw_manifold_discrepancy(z, rotated) < 1e-6 < gw_manifold_discrepancy(z, torch.randn(50, 8))
+
+
+def test_otm_reconstructs_hidden_modalities_and_trains_its_decoders(world):
+    batch, _ = world.batch(24, seed=0)
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
+    model.fit_input_stats(batch)
+    torch.manual_seed(1)
+    otm = OTM(6, TINY.embed_dim, hide=0.5)
+    out = model(batch.inputs, batch.mask)
+    result = otm(out, batch, model.lambdas)
+    assert "reconstruction" in result.metrics and "reconstruction_hidden" in result.metrics
+    result.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in otm.decoders.parameters())
+    assert model.modality_logits.grad.abs().sum() > 0  # lambda reaches the loss through the mix
+    # a few decoder steps on fixed embeddings lower the reconstruction error of the full mix
+    otm.eval()
+    opt = torch.optim.Adam(otm.decoders.parameters(), lr=1e-2)
+    detached = ModelOutput(*(t.detach() for t in out))
+    first = otm(detached, batch, model.lambdas.detach()).metrics["reconstruction"]
+    for _ in range(30):
+        opt.zero_grad()
+        otm(detached, batch, model.lambdas.detach()).loss.backward()
+        opt.step()
+    assert otm(detached, batch, model.lambdas.detach()).metrics["reconstruction"] < 0.5 * first

@@ -13,6 +13,7 @@ from structalign_ros.core.objectives.base import Objective, ObjectiveResult
 from structalign_ros.core.objectives.gotma import GOTMA
 from structalign_ros.core.objectives.gram import GRAM
 from structalign_ros.core.objectives.mover import MOVER
+from structalign_ros.core.objectives.otm import OTM
 from structalign_ros.core.objectives.pairwise import PairwiseInfoNCE
 from structalign_ros.core.objectives.pose import pose_loss
 from structalign_ros.core.objectives.symile import Symile
@@ -48,11 +49,12 @@ def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
     )
 
 
-def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
+def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: int) -> Objective:
     """The objective named by ``cfg.name``, configured from ``cfg``.
 
     Args:
         kinds: modality name -> kind in batch order (``MultimodalModel.specs``), for input kernels.
+        embed_dim: the model's ``d``, for objectives with their own layers (OTM's decoders).
     """
     if cfg.name in _BASE:
         return _BASE[cfg.name](cfg)
@@ -62,5 +64,12 @@ def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective
         return MOVER(cfg.temperature, cfg.epsilon, cfg.alpha)
     if cfg.name == "gotma":
         return GOTMA(cfg.temperature, cfg.alpha, cfg.epsilon, cfg.gw_iterations, cfg.sinkhorn_iterations)
-    available = sorted([*_BASE, "unioma", "mover", "gotma"])
-    raise NotImplementedError(f"objective {cfg.name!r} is not implemented yet; available: {available}")
+    return OTM(
+        len(kinds),
+        embed_dim,
+        cfg.temperature,
+        cfg.alpha,
+        epsilon=cfg.epsilon,
+        gw_iterations=cfg.gw_iterations,
+        sinkhorn_iterations=cfg.sinkhorn_iterations,
+    )
