@@ -4,7 +4,9 @@
    of the six synthetic modalities (64x64 RGB and depth, 8x8x4 tactile, 16-step wrench/IMU/joints),
    default model config. UniOMA uses ``--base`` as its contrastive part; its overhead is its step
    time over that base's.
-2. The structural term alone against the number of modalities M = 2..7 at n = ``--batch``: UniOMA's
+2. Inference latency of one window (batch 1, six modalities, default model) through the
+   :class:`runtime.Predictor`, torch and ONNX Runtime (CPU provider), against the node's 33 ms budget.
+3. The structural term alone against the number of modalities M = 2..7 at n = ``--batch``: UniOMA's
    barycenter route (one GW barycenter of the M input kernels + M distances to the embedding
    kernels, backward included) next to the pairwise alternative (GW between all M(M-1)/2 pairs of
    embedding kernels, backward included), both with the objective config's iteration budget.
@@ -18,6 +20,7 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import statistics
@@ -28,10 +31,12 @@ from collections.abc import Callable
 import torch
 
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, TrainConfig
+from structalign_ros.core.export import export_onnx
 from structalign_ros.core.kernels import rbf_kernel
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.ot import OTConvergenceWarning, gromov_wasserstein2, gw_barycenter
+from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import make_optimizer, seed_everything, train_step
 
@@ -64,6 +69,23 @@ def step_ms(name: str, batch_size: int, repeats: int, base: str) -> float:
     opt = make_optimizer(model, objective, TrainConfig())
     it = iter(batches * 2)
     return timed_ms(lambda: train_step(model, next(it), opt, objective), repeats)
+
+
+def inference_ms(repeats: int, threads: int) -> dict[str, float]:
+    """Median latency of one window through the torch and the ONNX Runtime predictor, in ms."""
+    world = SyntheticWorld(image=64, steps=16)
+    batch = world.batch(32, seed=0)[0]
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), ModelConfig())
+    model.fit_input_stats(batch)
+    one = batch.select(torch.arange(1))
+    buf = io.BytesIO()
+    export_onnx(model, one, buf)
+    torch_pred = Predictor.from_model(model)
+    onnx_pred = Predictor.from_onnx(buf.getvalue(), providers="CPUExecutionProvider", threads=threads)
+    return {
+        "torch_ms": round(timed_ms(lambda: torch_pred(one), repeats), 2),
+        "onnx_ms": round(timed_ms(lambda: onnx_pred(one), repeats), 2),
+    }
 
 
 def structure_ms(m: int, n: int, repeats: int, cfg: ObjectiveConfig) -> tuple[float, float]:
@@ -119,6 +141,10 @@ def main() -> None:
     overhead = objectives["unioma"]["step_ms"] / objectives[args.base]["step_ms"]
     print(f"# UniOMA / {args.base} step time: {overhead:.2f}x (target <= 2.5x)")
 
+    inference = inference_ms(max(20, 4 * args.repeats), torch.get_num_threads())
+    t_ms, o_ms = inference["torch_ms"], inference["onnx_ms"]
+    print(f"\n# one window, batch 1: torch {t_ms:.1f} ms, onnxruntime {o_ms:.1f} ms (30 Hz budget: 33 ms)")
+
     cfg = ObjectiveConfig()
     ms_, bary, pair = [], [], []
     print(f"\n# structural term with backward, n = {args.batch}")
@@ -135,6 +161,7 @@ def main() -> None:
     result = {
         "objectives": objectives,
         "unioma_over_base": round(overhead, 2),
+        "inference": inference,
         "scaling": {"m": ms_, "barycenter_ms": bary, "pairwise_gw_ms": pair},
     }
     print(json.dumps(result))
