@@ -20,11 +20,11 @@ def test_a_nan_gradient_mid_solve_returns_the_last_finite_iterate_and_warns():
         return M if len(calls) <= 7 else torch.full_like(M, float("nan"))
 
     with pytest.warns(OTNumericalWarning, match="Increase epsilon"):
-        res = solve_plan(grad, p, q, initial_plan(None, p, q, "proximal"), 0.05, max_iter=50, check_every=5)
-    assert torch.isfinite(res.T).all()
-    torch.testing.assert_close(res.T.sum(-1), p, rtol=0, atol=1e-15)
+        T = solve_plan(grad, p, q, initial_plan(None, p, q, "proximal"), 0.05, max_iter=50, check_every=5)
+    assert torch.isfinite(T).all()
+    torch.testing.assert_close(T.sum(-1), p, rtol=0, atol=1e-15)
     # the last iterate that passed a check is the one after step 5 (the input of step 6), made feasible
-    torch.testing.assert_close(res.T, round_to_coupling(calls[5], p, q), atol=1e-15, rtol=0)
+    torch.testing.assert_close(T, round_to_coupling(calls[5], p, q), atol=1e-15, rtol=0)
 
 
 def test_stopping_at_max_iter_warns_with_the_knob():

@@ -18,7 +18,6 @@ every ``check_every`` steps.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 
@@ -30,12 +29,6 @@ SOLVERS = ("proximal", "entropic")
 # Mass a proximal start keeps off a sparse initial plan: KL steps can never move mass onto entries
 # that start at exactly zero, so a permutation start is mixed with a little of p q^T.
 SPARSE_START_MIX = 1e-5
-
-
-class PlanResult(NamedTuple):
-    T: torch.Tensor  # (B, n, m)
-    n_iter: int
-    err: float
 
 
 def initial_plan(
@@ -77,7 +70,7 @@ def solve_plan(
     check_every: int = 5,
     what: str = "gromov_wasserstein",
     warn: bool = True,
-) -> PlanResult:
+) -> torch.Tensor:
     """Mirror descent over couplings.
 
     Args:
@@ -92,7 +85,7 @@ def solve_plan(
         warn: warn when ``max_iter`` ends the loop (off for callers that take a few warm steps).
 
     Returns:
-        :class:`PlanResult`.
+        (B, n, m) plan, exactly feasible.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {solver!r}")
@@ -103,7 +96,6 @@ def solve_plan(
     log_T = T0.log() if solver == "proximal" else None
     u = v = None
     err = float("inf")
-    it = 0
     for it in range(1, max_iter + 1):
         log_K = -grad(T) / epsilon
         if log_T is not None:
@@ -132,7 +124,7 @@ def solve_plan(
             )
     # Late proximal steps act like Sinkhorn at epsilon / k and may leave their projection unfinished;
     # the plan handed back is made exactly feasible.
-    return PlanResult(round_to_coupling(T, p, q), it, err)
+    return round_to_coupling(T, p, q)
 
 
 def round_to_coupling(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def _barycenter(
             grad = lambda T, feature=feature, g=gw_grad: feature + alpha * g(T)  # noqa: E731
         T = solve_plan(
             grad, pM, qM, T, epsilon, solver, gw_steps, 0.0, inner_max_iter=inner_max_iter, warn=False
-        ).T
+        )
         C = _structure(lam, K, T, pN)
         X = None if Y is None else _features(lam, Y, T, pN)
         obj = float(_objective(lam, C, X, K, Y, T, alpha))

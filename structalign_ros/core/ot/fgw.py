@@ -130,4 +130,4 @@ def _plan(
         tol,
         inner_max_iter=inner,
         what="fused_gromov_wasserstein",
-    ).T
+    )

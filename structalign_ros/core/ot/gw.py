@@ -170,4 +170,4 @@ def _plan(
         return pot_gw_plans(pair.C1, pair.C2, pair.p, pair.q, start)
     start = initial_plan(T0, pair.p, pair.q, solver)
     grad = gw_gradient(pair.C1, pair.C2, pair.p, pair.q)
-    return solve_plan(grad, pair.p, pair.q, start, epsilon, solver, max_iter, tol, inner_max_iter=inner).T
+    return solve_plan(grad, pair.p, pair.q, start, epsilon, solver, max_iter, tol, inner_max_iter=inner)

@@ -35,8 +35,6 @@ class SinkhornResult(NamedTuple):
     T: torch.Tensor  # (B, n, m)
     u: torch.Tensor  # (B, n)
     v: torch.Tensor  # (B, m)
-    n_iter: int
-    err: float
 
 
 def sinkhorn_log(
@@ -72,7 +70,6 @@ def sinkhorn_log(
     u = torch.zeros_like(a) if u0 is None else u0
     good_u, good_v = u, v
     err = float("inf")
-    it = 0
     for it in range(1, max_iter + 1):
         u_new = log_a - torch.logsumexp(log_K + v.unsqueeze(-2), dim=-1)
         if it % check_every == 0 or it == max_iter:
@@ -92,7 +89,7 @@ def sinkhorn_log(
         if warn and err > tol:
             warn_not_converged("sinkhorn", err, tol, "raise max_iter or epsilon.")
     T = torch.exp(log_K + u.unsqueeze(-1) + v.unsqueeze(-2))
-    return SinkhornResult(T, u, v, it, err)
+    return SinkhornResult(T, u, v)
 
 
 def sinkhorn(
