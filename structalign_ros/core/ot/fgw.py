@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from ._base import batched, check_finite
-from ._solver import initial_plan, solve_plan
-from .gw import Pair, gw_gradient, gw_value, prepare_pair
+from .gw import Pair, gw_value, prepare_pair, solve_pair
 
 
 def fgw_value(
@@ -54,7 +53,7 @@ def fused_gromov_wasserstein(
         (B, n, m) or (n, m) plan in the dtype of ``C1``.
     """
     pair, Mb = _prepare(M.detach(), C1.detach(), C2.detach(), p, q, alpha)
-    T = _plan(Mb, pair, alpha, epsilon, solver, T0, max_iter, tol, inner_max_iter).to(pair.dtype)
+    T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb, alpha=alpha).to(pair.dtype)
     return T[0] if pair.squeeze else T
 
 
@@ -77,7 +76,9 @@ def fused_gromov_wasserstein2(
     pair, Mb = _prepare(M, C1, C2, p, q, alpha)
     if T is None:
         detached = pair._replace(C1=pair.C1.detach(), C2=pair.C2.detach())
-        T = _plan(Mb.detach(), detached, alpha, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+        T = solve_pair(
+            detached, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb.detach(), alpha=alpha
+        )
     Tb, _ = batched(T.detach().to(Mb.dtype), 2)
     value = fgw_value(Mb, pair.C1, pair.C2, Tb.expand_as(Mb), alpha).to(pair.dtype)
     return value[0] if pair.squeeze else value
@@ -98,36 +99,3 @@ def _prepare(
     pair = prepare_pair(C1, C2, p, q, batch=Mb.shape[0])
     pair = pair._replace(squeeze=squeeze and pair.squeeze)
     return pair, Mb.to(pair.C1.dtype).expand(pair.C1.shape[0], -1, -1)
-
-
-def _plan(
-    M: torch.Tensor,
-    pair: Pair,
-    alpha: float,
-    epsilon: float,
-    solver: str,
-    T0: torch.Tensor | str | None,
-    max_iter: int,
-    tol: float,
-    inner: int,
-) -> torch.Tensor:
-    if solver == "pot":
-        from .reference import pot_fgw_plans
-
-        start = initial_plan(T0, pair.p, pair.q, "pot")
-        return pot_fgw_plans(M, pair.C1, pair.C2, pair.p, pair.q, alpha, start)
-    start = initial_plan(T0, pair.p, pair.q, solver)
-    gw_grad = gw_gradient(pair.C1, pair.C2, pair.p, pair.q)
-    feature = (1.0 - alpha) * M
-    return solve_plan(
-        lambda T: feature + alpha * gw_grad(T),
-        pair.p,
-        pair.q,
-        start,
-        epsilon,
-        solver,
-        max_iter,
-        tol,
-        inner_max_iter=inner,
-        what="fused_gromov_wasserstein",
-    )

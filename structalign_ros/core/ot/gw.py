@@ -118,7 +118,7 @@ def gromov_wasserstein(
         (B, n, m) or (n, m) plan, in the dtype of ``C1``.
     """
     pair = prepare_pair(C1.detach(), C2.detach(), p, q)
-    T = _plan(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+    T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter)
     T = T.to(pair.dtype)
     return T[0] if pair.squeeze else T
 
@@ -148,13 +148,13 @@ def gromov_wasserstein2(
     pair = prepare_pair(C1, C2, p, q)
     if T is None:
         detached = pair._replace(C1=pair.C1.detach(), C2=pair.C2.detach())
-        T = _plan(detached, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+        T = solve_pair(detached, epsilon, solver, T0, max_iter, tol, inner_max_iter)
     Tb, _ = batched(T.detach().to(pair.C1.dtype), 2)
     value = gw_value(pair.C1, pair.C2, Tb.expand(pair.C1.shape[0], -1, -1)).to(pair.dtype)
     return value[0] if pair.squeeze else value
 
 
-def _plan(
+def solve_pair(
     pair: Pair,
     epsilon: float,
     solver: str,
@@ -162,12 +162,23 @@ def _plan(
     max_iter: int,
     tol: float,
     inner: int,
+    M: torch.Tensor | None = None,
+    alpha: float = 1.0,
 ) -> torch.Tensor:
+    """Plan of a GW problem, or of a fused one when a (B, n, m) feature cost ``M`` is given."""
     if solver == "pot":
-        from .reference import pot_gw_plans
+        from .reference import pot_fgw_plans, pot_gw_plans
 
         start = initial_plan(T0, pair.p, pair.q, "pot")
-        return pot_gw_plans(pair.C1, pair.C2, pair.p, pair.q, start)
+        if M is None:
+            return pot_gw_plans(pair.C1, pair.C2, pair.p, pair.q, start)
+        return pot_fgw_plans(M, pair.C1, pair.C2, pair.p, pair.q, alpha, start)
     start = initial_plan(T0, pair.p, pair.q, solver)
     grad = gw_gradient(pair.C1, pair.C2, pair.p, pair.q)
-    return solve_plan(grad, pair.p, pair.q, start, epsilon, solver, max_iter, tol, inner_max_iter=inner)
+    if M is not None:
+        feature, gw_grad = (1.0 - alpha) * M, grad
+        grad = lambda T: feature + alpha * gw_grad(T)  # noqa: E731
+    what = "gromov_wasserstein" if M is None else "fused_gromov_wasserstein"
+    return solve_plan(
+        grad, pair.p, pair.q, start, epsilon, solver, max_iter, tol, inner_max_iter=inner, what=what
+    )
