@@ -49,6 +49,8 @@ setup(
             "ros-geometry-msgs",
             "ros-visualization-msgs",
             "ros-diagnostic-msgs",
+            "ros-lifecycle-msgs",
+            "ros-rosgraph-msgs",
         ],
         # onnxruntime and onnxruntime-gpu install the same module: pick exactly one of these two.
         "cpu": ["onnxruntime>=1.18"],
@@ -62,5 +64,12 @@ setup(
     description="Multimodal robot perception with Gromov-Wasserstein structural alignment",
     license="Apache-2.0",
     tests_require=["pytest"],
-    entry_points={"console_scripts": ["structalign = structalign_ros.cli:main"]},
+    # `ros2 run structalign_ros <node>` finds these in lib/structalign_ros (setup.cfg).
+    entry_points={
+        "console_scripts": [
+            "structalign = structalign_ros.cli:main",
+            "perception_node = structalign_ros.ros.perception_node:main",
+            "sim_node = structalign_ros.ros.sim_node:main",
+        ]
+    },
 )

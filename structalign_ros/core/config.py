@@ -23,6 +23,7 @@ import yaml
 MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
 # Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
 FRAME_KINDS = ("image", "depth")
+RELIABILITIES = ("best_effort", "reliable")
 # The simulated arm's joints (structalign_ros.core.sim), the default joint order.
 SIM_JOINTS = "shoulder_pan_joint,shoulder_lift_joint,elbow_joint,wrist_pitch_joint"
 
@@ -43,6 +44,10 @@ class ModalityConfig:
         enabled: a disabled modality is neither subscribed to nor encoded.
         joint_names: for ``kind=joints``, the comma-separated joint order of the window arrays
             (a comma string because ROS parameters cannot hold an empty list).
+        qos_reliability: the live subscription's reliability, ``best_effort`` (sensor-data QoS, the
+            default) or ``reliable``; a reliable publisher reaches either, a best-effort one only the
+            first.
+        qos_depth: the live subscription's history depth.
     """
 
     kind: str
@@ -51,6 +56,8 @@ class ModalityConfig:
     samples: int = 1
     enabled: bool = True
     joint_names: str = ""
+    qos_reliability: str = "best_effort"
+    qos_depth: int = 10
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
@@ -65,6 +72,10 @@ class ModalityConfig:
             raise ConfigError("kind=joints needs joint_names")
         if self.kind in FRAME_KINDS and self.samples != 1:
             raise ConfigError(f"samples={self.samples}: a {self.kind} window holds one frame (samples=1)")
+        if self.qos_reliability not in RELIABILITIES:
+            raise ConfigError(f"qos_reliability={self.qos_reliability!r} is not one of {RELIABILITIES}")
+        if self.qos_depth < 1:
+            raise ConfigError(f"qos_depth={self.qos_depth} must be >= 1")
 
     @property
     def joint_list(self) -> list[str]:
@@ -300,15 +311,17 @@ class RuntimeConfig:
 
     Args:
         backend: ``torch`` or ``onnx`` (ONNX Runtime).
-        device: torch device for the torch backend (``cpu``, ``cuda``, ``cuda:1``).
-        onnx_path: the exported model the ``onnx`` backend loads.
+        device: torch device for the torch backend (``cpu``, ``cuda``, ``cuda:1``), or ``auto``: CUDA
+            when this machine has it, else the CPU.
+        onnx_path: the exported model the ``onnx`` backend loads; empty: the loaded checkpoint is
+            exported in memory at start-up.
         providers: comma-separated ONNX Runtime execution providers in order of preference, or
             ``auto`` (TensorRT, then CUDA, then CPU, whichever this onnxruntime build offers).
         threads: intra-op threads of either backend; the node shares the machine with the trainer.
     """
 
     backend: str = "torch"
-    device: str = "cpu"
+    device: str = "auto"
     onnx_path: str = ""
     providers: str = "auto"
     threads: int = 2
@@ -316,10 +329,43 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend={self.backend!r} is not one of {BACKENDS}")
-        if self.backend == "onnx" and not self.onnx_path:
-            raise ConfigError("backend=onnx needs onnx_path")
         if self.threads < 1:
             raise ConfigError(f"threads={self.threads} must be >= 1")
+
+
+@dataclass
+class NodeConfig:
+    """The live perception node (:mod:`structalign_ros.ros.perception_node`).
+
+    Args:
+        model: checkpoint (``.pt``) the node starts from; empty: the default model shipped in the
+            package's ``models/`` (trained on the simulated robot). A newer checkpoint in
+            ``train.checkpoint_dir`` takes precedence, so fine-tuning survives a restart.
+        base_frame: frame of the end-effector pose output (REP-105 ``base_link``).
+        marker_frame: frame the RViz weight bar chart is drawn in.
+        finetune: fine-tune online (GW-regularised, in a background thread) while running.
+        ground_truth_topic: optional ``geometry_msgs/PoseStamped`` of the true end-effector pose; used
+            as supervision while fine-tuning and to report the pose error in diagnostics.
+        checkpoint_period_s: how often fine-tuned weights are checkpointed (also on shutdown).
+        diagnostics_period_s: period of the ``/diagnostics`` report.
+        marker_lifetime_s: lifetime of the RViz markers, so a stopped node's chart disappears.
+    """
+
+    model: str = ""
+    base_frame: str = "base_link"
+    marker_frame: str = "base_link"
+    finetune: bool = True
+    ground_truth_topic: str = ""
+    checkpoint_period_s: float = 60.0
+    diagnostics_period_s: float = 1.0
+    marker_lifetime_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.base_frame or not self.marker_frame:
+            raise ConfigError("base_frame and marker_frame must not be empty")
+        for name in ("checkpoint_period_s", "diagnostics_period_s", "marker_lifetime_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
 
 
 @dataclass
@@ -333,6 +379,7 @@ class StructAlignConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
     def __post_init__(self) -> None:
         if not any(m.enabled for m in self.modalities.values()):

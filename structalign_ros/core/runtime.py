@@ -70,8 +70,9 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: MultimodalModel, device: str = "cpu") -> Predictor:
-        """The torch backend on ``device`` (the model is copied: training the original changes nothing)."""
-        dev = torch.device(device)
+        """The torch backend on ``device`` (see :func:`resolve_device`; the model is copied: training
+        the original changes nothing)."""
+        dev = resolve_device(device)
         return cls("torch", copy.deepcopy(model).to(dev).eval(), None, dev)
 
     @classmethod
@@ -96,9 +97,17 @@ class Predictor:
 
     @classmethod
     def from_config(cls, cfg: RuntimeConfig, model: MultimodalModel | None = None) -> Predictor:
-        """The backend named by the ``runtime`` config section."""
+        """The backend named by the ``runtime`` config section.
+
+        The ONNX backend loads ``cfg.onnx_path``, or, when that is empty, exports ``model`` in memory.
+        """
         if cfg.backend == "onnx":
-            return cls.from_onnx(cfg.onnx_path, cfg.providers, cfg.threads, template=model)
+            source: str | bytes = cfg.onnx_path
+            if not source:
+                if model is None:
+                    raise ValueError("the onnx backend needs onnx_path or a model to export")
+                source = onnx_bytes(model)
+            return cls.from_onnx(source, cfg.providers, cfg.threads, template=model)
         if model is None:
             raise ValueError("the torch backend needs a model")
         return cls.from_model(model, cfg.device)
@@ -130,13 +139,25 @@ class Predictor:
         fresh.load_state_dict(state)
         fresh.eval()
         if self._session is not None:
-            from structalign_ros.core.export import example_batch, export_onnx
-
-            buf = io.BytesIO()
-            export_onnx(fresh, example_batch(fresh), buf)
-            self._session = _make_session(buf.getvalue(), self._provider_spec, self._threads)
+            self._session = _make_session(onnx_bytes(fresh), self._provider_spec, self._threads)
         self._model = fresh
         self.swaps += 1
+
+
+def onnx_bytes(model: MultimodalModel) -> bytes:
+    """``model`` exported to ONNX in memory (dynamic batch)."""
+    from structalign_ros.core.export import example_batch, export_onnx
+
+    buf = io.BytesIO()
+    export_onnx(model.eval(), example_batch(model), buf)
+    return buf.getvalue()
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else as torch reads it."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
 
 
 def model_inputs(session: Any) -> list[str]:

@@ -77,6 +77,9 @@ def test_torch_and_onnx_predictors_share_one_signature(world, tmp_path):
     b = Predictor.from_onnx((tmp_path / "m.onnx").read_bytes(), providers="CPUExecutionProvider")(batch)
     assert type(a) is type(b) and a._fields == b._fields
     assert all(x.dtype == y.dtype and x.shape == y.shape for x, y in zip(a, b, strict=True))
+    # no onnx_path: the model is exported in memory and gives the torch outputs
+    c = Predictor.from_config(RuntimeConfig(backend="onnx", threads=1), model)(batch)
+    assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(a, c, strict=True))
 
 
 def test_provider_resolution():
@@ -87,6 +90,8 @@ def test_provider_resolution():
         resolve_providers("TensorrtExecutionProvider,CPUExecutionProvider", available)
     with pytest.raises(ValueError, match="needs a model"):
         Predictor.from_config(RuntimeConfig())
+    with pytest.raises(ValueError, match="needs onnx_path or a model"):
+        Predictor.from_config(RuntimeConfig(backend="onnx"))
 
 
 def test_export_command_writes_a_checked_onnx_file(world, tmp_path, capsys):
