@@ -145,6 +145,10 @@ class SimConfig:
         ee_pose_topic: ground-truth end-effector pose (``geometry_msgs/PoseStamped``).
         object_pose_topic: ground-truth pose of the pushed object.
         ground_truth_hz: rate of both ground-truth pose topics.
+        seed: episode seed of the live simulated robot (the box, the controller, the noise).
+        episode_s: the live simulated robot starts a new episode (seed + 1) after this many seconds;
+            stamps keep increasing across episodes.
+        publish_clock: the live simulated robot also publishes ``/clock`` (for ``use_sim_time``).
     """
 
     width: int = 128
@@ -156,8 +160,13 @@ class SimConfig:
     ee_pose_topic: str = "/ground_truth/ee_pose"
     object_pose_topic: str = "/ground_truth/object_pose"
     ground_truth_hz: float = 100.0
+    seed: int = 0
+    episode_s: float = 60.0
+    publish_clock: bool = False
 
     def __post_init__(self) -> None:
+        if not self.episode_s > 0:
+            raise ConfigError(f"episode_s={self.episode_s} must be > 0")
         for name in ("width", "height", "taxel_rows", "taxel_cols"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
@@ -532,3 +541,50 @@ def to_ros_yaml(config: StructAlignConfig, node: str = "/**") -> str:
 def save_yaml(config: StructAlignConfig, path: str | Path, node: str = "/**") -> None:
     """Write ``config`` to ``path`` as a ROS parameter file."""
     Path(path).write_text(to_ros_yaml(config, node), encoding="utf-8")
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """``{field: description}`` from the ``Args:`` section of a config dataclass's docstring."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    current = None
+    in_args = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "Args:":
+            in_args = True
+            continue
+        if not in_args or not stripped:
+            continue
+        head, sep, rest = stripped.partition(": ")
+        names = [n.strip() for n in head.split(",")]
+        if sep and all(n.isidentifier() for n in names) and len(line) - len(line.lstrip()) <= 8:
+            for n in names:
+                docs[n] = rest
+            current = names
+        elif current:
+            for n in current:
+                docs[n] += " " + stripped
+    return docs
+
+
+def describe(config: StructAlignConfig) -> dict[str, str]:
+    """Dotted parameter name -> its description (from the dataclass docstrings), for every leaf of
+    ``config``: the text ROS parameter descriptors and ``structalign config`` show."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        docs = _field_docs(type(node))
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            name = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{name}.")
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, f"{name}.{key}.")
+            else:
+                out[name] = docs.get(f.name, "")
+
+    walk(config, "")
+    return out
