@@ -59,6 +59,9 @@ def stamp_ns(header: Any) -> int:
         raise ConversionError(f"stamp nanosec={nsec} is outside [0, 1e9)")
     if sec < 0:
         raise ConversionError(f"stamp sec={sec} is negative")
+    if sec == 0 and nsec == 0:
+        # a driver that never filled the header; such a sample cannot be placed in time
+        raise ConversionError("stamp is zero (header not set)")
     return sec * 1_000_000_000 + nsec
 
 

@@ -12,6 +12,7 @@ Sizes are chosen for the live node: 30 Hz on 2 CPU cores with six modalities, an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -124,11 +125,15 @@ class FrameEncoder(nn.Module):
 
 
 class SeriesEncoder(nn.Module):
-    """Temporal convolution or GRU over F/T, IMU and joint windows ``(B, T, V)``."""
+    """Temporal convolution or GRU over F/T, IMU and joint windows ``(B, T, ...)``.
+
+    Everything after the time axis is one vector of variables per step: a joint window
+    ``(B, T, 3, J)`` (position, velocity, effort of J joints) is read as ``(B, T, 3J)``.
+    """
 
     def __init__(self, spec: ModalitySpec, cfg: ModelConfig) -> None:
         super().__init__()
-        variables = spec.shape[-1]
+        variables = math.prod(spec.shape[1:])
         w = cfg.width
         self.norm = Standardize(variables)
         self.temporal = cfg.temporal
@@ -146,8 +151,8 @@ class SeriesEncoder(nn.Module):
         self.proj = nn.Linear(2 * w, cfg.embed_dim)
 
     def frames(self, x: Tensor) -> Tensor:
-        """``(B, T, V)`` -> ``(B, V, T)`` float: channels first for the standardisation."""
-        return x.float().transpose(1, 2)
+        """``(B, T, ...)`` -> ``(B, V, T)`` float: channels first for the standardisation."""
+        return x.float().flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.norm(self.frames(x))  # (B, V, T)

@@ -49,3 +49,21 @@ def geodesic_angle(R1: Tensor, R2: Tensor) -> Tensor:
     trace = (R1 * R2).sum((-2, -1))
     # clamp inside (-1, 1): acos has an infinite gradient at the ends
     return torch.acos(((trace - 1) / 2).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+def matrix_to_quaternion(R: Tensor) -> Tensor:
+    """``(..., 3, 3)`` rotation matrices -> unit quaternions ``[x, y, z, w]`` with ``w >= 0``.
+
+    Each component is recovered from the diagonal as a square root and its sign from the
+    off-diagonal differences, so no branch picks a pivot and nothing divides by a small number.
+    """
+    m = R.unbind(-1)  # columns
+    r00, r11, r22 = m[0][..., 0], m[1][..., 1], m[2][..., 2]
+    w = (1 + r00 + r11 + r22).clamp_min(0).sqrt() / 2
+    x = (1 + r00 - r11 - r22).clamp_min(0).sqrt() / 2
+    y = (1 - r00 + r11 - r22).clamp_min(0).sqrt() / 2
+    z = (1 - r00 - r11 + r22).clamp_min(0).sqrt() / 2
+    x = x.copysign(m[1][..., 2] - m[2][..., 1])  # R[2,1] - R[1,2]
+    y = y.copysign(m[2][..., 0] - m[0][..., 2])  # R[0,2] - R[2,0]
+    z = z.copysign(m[0][..., 1] - m[1][..., 0])  # R[1,0] - R[0,1]
+    return F.normalize(torch.stack([x, y, z, w], dim=-1), dim=-1)

@@ -42,6 +42,9 @@ def test_stamp_is_integer_nanoseconds():
     msg.header.stamp.nanosec = 1_000_000_000
     with pytest.raises(ConversionError, match="nanosec"):
         stamp_ns(msg.header)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
+    with pytest.raises(ConversionError, match="stamp is zero"):
+        stamp_ns(msg.header)
 
 
 @pytest.mark.parametrize("pad", [0, 3])

@@ -44,17 +44,21 @@ def test_images_convert_the_same_from_both_message_implementations(kind, pixels,
 
 def test_joint_state_wrench_imu_pose_from_rclpy():
     js = sensor_msgs.JointState(name=["b", "a"], position=[1.0, 2.0], velocity=[0.1, 0.2], effort=[3.0, 4.0])
-    bag = joint_state_msg(0, ["b", "a"], np.array([[1.0, 2.0], [0.1, 0.2], [3.0, 4.0]]))
+    js.header.stamp.nanosec = 1
+    bag = joint_state_msg(1, ["b", "a"], np.array([[1.0, 2.0], [0.1, 0.2], [3.0, 4.0]]))
     np.testing.assert_array_equal(convert("joints", js, ["a", "b"])[1], convert("joints", bag, ["a", "b"])[1])
     js.effort = []
     with pytest.raises(ConversionError, match="effort has 0 value"):
         convert("joints", js, ["a", "b"])
     w = geometry_msgs.WrenchStamped()
+    w.header.stamp.sec = 1
     w.wrench.force.z, w.wrench.torque.x = -4.4, 0.5
     np.testing.assert_allclose(convert("wrench", w)[1], [0, 0, -4.4, 0.5, 0, 0], rtol=1e-6)
     imu = sensor_msgs.Imu()
+    imu.header.stamp.sec = 1
     imu.linear_acceleration.z, imu.angular_velocity.y = 9.81, 0.2
     np.testing.assert_allclose(convert("imu", imu)[1], [0, 0, 9.81, 0, 0.2, 0], rtol=1e-6)
     pose = geometry_msgs.PoseStamped()
+    pose.header.stamp.sec = 1
     pose.pose.position.x, pose.pose.orientation.w = 0.3, 1.0
     np.testing.assert_allclose(convert("pose", pose)[1], [0.3, 0, 0, 0, 0, 0, 1], rtol=1e-6)

@@ -1,0 +1,351 @@
+"""The live perception path without ROS: sensor messages in, one output per window out.
+
+:class:`PerceptionPipeline` is everything the perception node does except talking to ROS: convert a
+message (:mod:`.convert`), push it into the :class:`~.windows.WindowAssembler`, turn each finished
+window into a one-window :class:`~.batch.Batch` in the model's layout, run the
+:class:`~.runtime.Predictor`, and hand the window to the :class:`~.train.OnlineTrainer` whose new
+weights come back through an atomic swap. Every message it cannot use is counted with its reason
+(:attr:`events`, plus the assembler's own drop/mask counters); nothing raises out of
+:meth:`on_message`, so a bad sensor never stops the node.
+
+The pipeline is not thread-safe by itself beyond what :attr:`lock` guards: the node feeds it from one
+callback group and reads :meth:`report` from another.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from structalign_ros.core.batch import Batch
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.convert import ConversionError, convert, pose_to_array
+from structalign_ros.core.dataset import POSE_TOLERANCE_NS
+from structalign_ros.core.models import ModalitySpec
+from structalign_ros.core.objectives import build_objective
+from structalign_ros.core.rotations import (
+    geodesic_angle,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+    rotation_6d_to_matrix,
+)
+from structalign_ros.core.runtime import Predictor
+from structalign_ros.core.telemetry import Events, Latencies
+from structalign_ros.core.train import Checkpoint, OnlineTrainer, save_checkpoint
+from structalign_ros.core.windows import Window, WindowAssembler
+
+log = logging.getLogger(__name__)
+
+MS = 1e-6  # nanoseconds -> milliseconds
+
+
+class ModelMismatch(ValueError):
+    """The configured sensors do not fit the model's inputs; the message says which and why."""
+
+
+def check_model(config: StructAlignConfig, specs: dict[str, ModalitySpec]) -> None:
+    """Raise :class:`ModelMismatch` unless every enabled modality is one the model encodes, of the
+    same kind and window length. Model modalities left disabled are fine: they are fed as missing.
+    """
+    problems = []
+    for name in config.enabled_modalities:
+        m, spec = config.modalities[name], specs.get(name)
+        if spec is None:
+            problems.append(f"{name}: the model has no {name!r} input (it has {sorted(specs)})")
+        elif spec.kind != m.kind:
+            problems.append(f"{name}: kind {m.kind!r} but the model's input is {spec.kind!r}")
+        elif spec.shape[0] != m.samples:
+            problems.append(f"{name}: samples={m.samples} but the model was trained with {spec.shape[0]}")
+    if problems:
+        raise ModelMismatch("; ".join(problems))
+
+
+@dataclass
+class WindowOutput:
+    """What one window produces; every array is on the CPU.
+
+    Attributes:
+        stamp_ns: the pivot frame's stamp, which every published message carries.
+        modalities: the model's modality order (rows of ``embeddings``, entries of ``weights``).
+        embeddings: ``(M, d)`` float32 unit vectors; zero rows for modalities missing in this window.
+        fused: ``(d,)`` float32, the lambda-weighted fusion.
+        weights: ``(M,)`` lambda renormalised over the present modalities.
+        mask: ``(M,)`` bool, which modalities were present.
+        position: ``(3,)`` end-effector position (m) in the base frame.
+        quaternion: ``(4,)`` end-effector orientation ``[x, y, z, w]``.
+        arrival_ns: monotonic time the pivot frame arrived (for end-to-end latency), or None.
+        pose_error: ``(position mm, orientation deg)`` against ground truth, when it was known.
+    """
+
+    stamp_ns: int
+    modalities: tuple[str, ...]
+    embeddings: np.ndarray
+    fused: np.ndarray
+    weights: np.ndarray
+    mask: np.ndarray
+    position: np.ndarray
+    quaternion: np.ndarray
+    arrival_ns: int | None
+    pose_error: tuple[float, float] | None
+
+
+def _fit_frame(x: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Resize a ``(1, H, W[, 3])`` camera or depth frame to the model's ``shape`` (area averaging for
+    colour; nearest for depth, which must not blend an edge's foreground and background)."""
+    height, width = shape[1], shape[2]
+    interp = cv2.INTER_AREA if kind == "image" else cv2.INTER_NEAREST
+    return cv2.resize(x[0], (width, height), interpolation=interp)[None]
+
+
+class PerceptionPipeline:
+    """Messages -> windows -> model outputs, with optional online fine-tuning.
+
+    Args:
+        config: the validated configuration tree.
+        checkpoint: the model to run (its modality specs must fit ``config``, see :func:`check_model`).
+        warn: called with a message the first, second, fourth... time each problem occurs.
+
+    Raises:
+        ModelMismatch: the configured modalities do not fit the model.
+    """
+
+    def __init__(
+        self,
+        config: StructAlignConfig,
+        checkpoint: Checkpoint,
+        warn: Callable[[str], None] = log.warning,
+    ) -> None:
+        check_model(config, checkpoint.specs)
+        self.config = config
+        self.checkpoint_step = checkpoint.step
+        self.model = checkpoint.build_model().eval()
+        self.specs = dict(checkpoint.specs)
+        self.modalities = self.model.modalities
+        self.predictor = Predictor.from_config(config.runtime, self.model)
+        self.assembler = WindowAssembler(config.modalities, config.window)
+        self.kinds = {n: config.modalities[n].kind for n in config.enabled_modalities}
+        self.joints = {n: config.modalities[n].joint_list for n in config.enabled_modalities}
+        self.latency = Latencies()
+        self.events = Events()
+        self.lock = threading.Lock()
+        self.warn = warn
+        self.windows = 0
+        self.outputs = 0
+        self.model_version = 0
+        self.trainer: OnlineTrainer | None = None
+        self._latest_state: dict[str, torch.Tensor] | None = None
+        self._arrivals: dict[int, int] = {}  # pivot stamp -> monotonic arrival (ns)
+        self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
+        self._last_push = time.monotonic_ns()
+        self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
+
+    # -- input --------------------------------------------------------------------------------
+    def _count(self, reason: str) -> None:
+        if self.events.add(reason):
+            self.warn(f"{reason} (x{self.events.counts[reason]})")
+
+    def on_message(self, name: str, msg: Any, arrival_ns: int | None = None) -> list[WindowOutput]:
+        """Feed one sensor message of modality ``name``; returns the outputs of the windows it completed.
+
+        ``arrival_ns`` is the monotonic time the message arrived (default: now).
+        """
+        arrival_ns = time.monotonic_ns() if arrival_ns is None else arrival_ns
+        kind = self.kinds.get(name)
+        if kind is None:
+            self._count(f"{name}: not an enabled modality")
+            return []
+        try:
+            stamp, value = convert(kind, msg, self.joints[name])
+        except ConversionError as exc:
+            self._count(f"{name}: {exc}")
+            return []
+        with self.lock:
+            self._last_push = arrival_ns
+            if name == self.assembler.pivot:
+                self._arrivals[stamp] = arrival_ns
+                if len(self._arrivals) > 1024:  # frames dropped by the assembler never get a window
+                    for old in sorted(self._arrivals)[:512]:
+                        del self._arrivals[old]
+            windows = self.assembler.push(name, stamp, value)
+            self.latency.add("convert+assemble", (time.monotonic_ns() - arrival_ns) * MS)
+            return self._run(windows)
+
+    def on_ground_truth(self, msg: Any) -> None:
+        """Feed a ``geometry_msgs/PoseStamped`` of the true end-effector pose."""
+        try:
+            self._poses.append(pose_to_array(msg))
+        except ConversionError as exc:
+            self._count(f"ground truth: {exc}")
+
+    def idle(self, now_ns: int | None = None) -> list[WindowOutput]:
+        """Let pending windows time out when no data has arrived for a while (every sensor silent).
+
+        Time is extrapolated from the newest stamp by the monotonic time since the last message, so
+        it works whatever clock the sensors stamp with.
+        """
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        with self.lock:
+            quiet = now_ns - self._last_push
+            if self.assembler.pending == 0 or quiet < self.assembler.timeout_ns:
+                return []
+            return self._run(self.assembler.advance(self.assembler.clock + quiet))
+
+    # -- windows -> outputs -------------------------------------------------------------------
+    def _run(self, windows: list[Window]) -> list[WindowOutput]:
+        outputs = []
+        for window in windows:
+            self.windows += 1
+            out = self._infer(window)
+            if out is not None:
+                outputs.append(out)
+        return outputs
+
+    def _batch(self, window: Window, pose: np.ndarray | None) -> Batch:
+        inputs, present = {}, []
+        for name, spec in self.specs.items():
+            x = window.data.get(name)
+            ok = x is not None and window.mask[name]
+            if ok and spec.kind in ("image", "depth") and x.shape != spec.shape:
+                x = _fit_frame(x, spec.shape, spec.kind)
+            if ok and x.shape != spec.shape:
+                self._count(f"{name}: window shape {x.shape} does not fit the model's {spec.shape}; masked")
+                ok = False
+            if ok:
+                inputs[name] = torch.from_numpy(np.ascontiguousarray(x))[None]
+            else:
+                dtype = torch.uint8 if spec.kind == "image" else torch.float32
+                inputs[name] = torch.zeros((1, *spec.shape), dtype=dtype)
+            present.append(ok)
+        mask = torch.tensor([present], dtype=torch.bool)
+        stamps = torch.tensor([window.stamp_ns], dtype=torch.int64)
+        label = None if pose is None else torch.from_numpy(pose)[None]
+        return Batch(inputs, mask, self.modalities, stamps, label)
+
+    def _nearest_pose(self, stamp: int) -> np.ndarray | None:
+        if not self._poses:
+            return None
+        t, pose = min(self._poses, key=lambda p: abs(p[0] - stamp))
+        return pose if abs(t - stamp) <= POSE_TOLERANCE_NS else None
+
+    def _infer(self, window: Window) -> WindowOutput | None:
+        t0 = time.monotonic_ns()
+        pose = self._nearest_pose(window.stamp_ns)
+        batch = self._batch(window, pose)
+        if not batch.mask.any():
+            self._count("window with no usable modality; skipped")
+            return None
+        out = self.predictor(batch)
+        if not all(bool(torch.isfinite(t).all()) for t in out):
+            self._count("non-finite model output; window skipped (inputs out of range?)")
+            return None
+        self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
+        if self.trainer is not None:
+            self.trainer.add(batch)
+        mask = batch.mask[0].numpy()
+        R = rotation_6d_to_matrix(out.pose[0, 3:].double())
+        error = None
+        if pose is not None:
+            pos_mm = 1000.0 * float(np.linalg.norm(out.pose[0, :3].numpy() - pose[:3]))
+            angle = geodesic_angle(R, quaternion_to_matrix(torch.from_numpy(pose[3:]).double()))
+            error = (pos_mm, float(torch.rad2deg(angle)))
+            self.pose_errors.append(error)
+        self.outputs += 1
+        return WindowOutput(
+            stamp_ns=window.stamp_ns,
+            modalities=self.modalities,
+            embeddings=(out.embeddings[0].numpy() * mask[:, None]).astype(np.float32),
+            fused=out.fused[0].numpy().astype(np.float32),
+            weights=out.weights[0].numpy().astype(np.float32),
+            mask=mask,
+            position=out.pose[0, :3].numpy().astype(np.float64),
+            quaternion=matrix_to_quaternion(R).numpy(),
+            arrival_ns=self._arrivals.pop(window.stamp_ns, None),
+            pose_error=error,
+        )
+
+    # -- fine-tuning --------------------------------------------------------------------------
+    def start_finetuning(self) -> None:
+        """Start the online trainer (a no-op when it runs)."""
+        if self.trainer is not None:
+            return
+        kinds = {n: s.kind for n, s in self.specs.items()}
+        objective = build_objective(self.config.objective, kinds, self.config.model.embed_dim)
+        self.trainer = OnlineTrainer(self.model, objective, self.config, self._install)
+        self.trainer.start()
+
+    def stop_finetuning(self) -> None:
+        """Stop the online trainer after its current step; its last weights are installed."""
+        trainer, self.trainer = self.trainer, None
+        if trainer is not None:
+            trainer.stop()
+            self.checkpoint_step += trainer.steps
+
+    def _install(self, state: dict[str, torch.Tensor]) -> None:
+        """Called by the trainer's thread with new weights."""
+        self.predictor.swap_weights(state)
+        self._latest_state = state
+        self.model_version += 1
+
+    def apply_config(self, config: StructAlignConfig) -> None:
+        """Take over the run-time-safe settings of ``config`` (see the node's live parameters)."""
+        self.config = config
+        trainer = self.trainer
+        if trainer is not None:
+            trainer.config = config  # pose_weight and grad_clip are read per step
+            for group in trainer.optimizer.param_groups:
+                group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
+
+    def save(self, path: str | Path) -> bool:
+        """Checkpoint the newest installed weights atomically; False when nothing was fine-tuned yet."""
+        state = self._latest_state
+        if state is None:
+            return False
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(state)
+        steps = self.checkpoint_step + (self.trainer.steps if self.trainer is not None else 0)
+        save_checkpoint(path, model, self.config, steps)
+        return True
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        """Counters and percentiles for diagnostics and summaries (plain data)."""
+        with self.lock:
+            stats = self.assembler.stats
+            masked, dropped = dict(stats.masked), dict(stats.dropped)
+            resets, pending = stats.resets, self.assembler.pending
+        trainer = self.trainer
+        errors = np.array(self.pose_errors) if self.pose_errors else np.zeros((0, 2))
+        return {
+            "windows": self.windows,
+            "outputs": self.outputs,
+            "pending": pending,
+            "resets": resets,
+            "masked": masked,
+            "dropped": dropped,
+            "events": self.events.snapshot(),
+            "latency_ms": self.latency.percentiles(),
+            "finetune": {
+                "running": trainer is not None,
+                "steps": self.checkpoint_step + (trainer.steps if trainer else 0),
+                "skipped": trainer.skipped if trainer else 0,
+                "loss": (trainer.last_metrics.get("loss") if trainer else None),
+                "replay": len(trainer.buffer) if trainer else 0,
+            },
+            "model_version": self.model_version,
+            "providers": list(self.predictor.providers),
+            "pose_error": {
+                "pos_mm_mean": float(errors[:, 0].mean()) if len(errors) else None,
+                "rot_deg_mean": float(errors[:, 1].mean()) if len(errors) else None,
+            },
+        }

@@ -1,0 +1,144 @@
+"""The live perception path without ROS: a recorded episode replayed message by message."""
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from structalign_ros.core.bags import iter_messages
+from structalign_ros.core.config import from_dict, to_dict
+from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, check_model
+from structalign_ros.core.train import load_checkpoint
+
+
+def replay(pipeline, world, skip=lambda name, msg: False):
+    """Feed the episode in bag order; returns the outputs."""
+    topics = {m.topic: n for n, m in world.config.modalities.items() if m.enabled}
+    gt = world.config.sim.ee_pose_topic
+    outputs = []
+    for topic, _, msg in iter_messages([world.bag], [*topics, gt]):
+        if topic == gt:
+            pipeline.on_ground_truth(msg)
+        elif not skip(topics[topic], msg):
+            outputs += pipeline.on_message(topics[topic], msg)
+    return outputs
+
+
+@pytest.fixture
+def pipeline(small_world):
+    torch.set_num_threads(1)
+    ckpt = load_checkpoint(small_world.checkpoint)
+    return PerceptionPipeline(small_world.config, ckpt, warn=lambda m: None)
+
+
+def test_every_window_gets_an_output_stamped_with_its_pivot(pipeline, small_world):
+    outputs = replay(pipeline, small_world)
+    assert len(outputs) == pipeline.windows > 60  # 3 s at 30 Hz, minus the last pending ones
+    stamps = [o.stamp_ns for o in outputs]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    for o in outputs:
+        assert o.embeddings.shape == (6, 16) and o.fused.shape == (16,)
+        assert abs(float(np.linalg.norm(o.quaternion)) - 1.0) < 1e-6
+        present = o.mask
+        assert np.isclose(o.weights[present].sum(), 1.0, atol=1e-5) and np.all(o.weights[~present] == 0)
+        assert np.all(o.embeddings[~present] == 0)
+    labelled = [o for o in outputs if o.pose_error is not None]
+    assert len(labelled) > 0.9 * len(outputs)  # ground truth at 100 Hz is within 20 ms of every pivot
+    assert all(np.isfinite(o.pose_error).all() for o in labelled)
+    report = pipeline.report()
+    assert report["outputs"] == len(outputs) and report["latency_ms"]["inference"]["p50"] > 0
+
+
+def test_malformed_messages_are_counted_and_dropped(pipeline, small_world):
+    seen = Counter()
+
+    def corrupt(name, msg):
+        # every 50th wrench gets a NaN, every 10th camera frame a wrong encoding, one IMU a zero stamp
+        seen[name] += 1
+        if name == "wrench" and seen[name] % 50 == 0:
+            msg.wrench.force.x = float("nan")
+        if name == "rgb" and seen[name] % 10 == 3:
+            msg.encoding = "yuv422"
+        if name == "imu" and seen[name] == 7:
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
+        return False
+
+    outputs = replay(pipeline, small_world, corrupt)
+    events = pipeline.report()["events"]
+    assert any(k.startswith("wrench: wrench has 1 NaN") for k in events)
+    assert any(k.startswith("imu: stamp is zero") for k in events)
+    assert events[
+        "rgb: camera image encoding 'yuv422' is not one of ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')"
+    ] == seen["rgb"] // 10 + (seen["rgb"] % 10 >= 3)
+    assert len(outputs) > 50  # the node carries on
+
+
+def test_a_silent_sensor_is_masked_and_recovers(pipeline, small_world):
+    stamps = {}
+
+    def silence_wrench(name, msg):
+        t = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        stamps.setdefault("t0", t)
+        return name == "wrench" and 1.0 <= t - stamps["t0"] < 2.0
+
+    outputs = replay(pipeline, small_world, silence_wrench)
+    col = outputs[0].modalities.index("wrench")
+    t0 = stamps["t0"]
+    rel = np.array([o.stamp_ns * 1e-9 - t0 for o in outputs])
+    present = np.array([o.mask[col] for o in outputs])
+    weights = np.array([o.weights for o in outputs])
+    silent = (rel >= 1.0 + 0.1 + 0.001) & (rel < 2.0)  # windows whose whole span is in the silence
+    assert silent.sum() > 20 and not present[silent].any()
+    # masked from the first window whose span reaches into the silence: within 2 windows of it
+    first_gap = int(np.argmax(rel >= 1.0))
+    assert not present[first_gap : first_gap + 2].all()
+    assert np.allclose(weights[silent].sum(1), 1.0, atol=1e-5)  # lambda renormalised over the others
+    assert present[rel > 2.2].all()  # and back once the sensor is
+
+
+def test_fine_tuning_swaps_weights_without_stopping_inference(pipeline, small_world, tmp_path):
+    pipeline.start_finetuning()
+    try:
+        outputs = replay(pipeline, small_world)
+        deadline = time.monotonic() + 30
+        while pipeline.model_version < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipeline.model_version >= 1
+        assert pipeline.report()["finetune"]["steps"] >= 1
+        assert pipeline.save(tmp_path / "last.pt")
+    finally:
+        pipeline.stop_finetuning()
+    assert len(outputs) == pipeline.windows
+    reloaded = load_checkpoint(tmp_path / "last.pt")
+    assert reloaded.step >= 1
+    changed = [k for k, v in reloaded.state.items() if not torch.equal(v, pipeline.model.state_dict()[k])]
+    assert changed  # the checkpoint holds the fine-tuned weights, not the start
+
+
+def test_configured_modalities_must_fit_the_model(small_world):
+    ckpt = load_checkpoint(small_world.checkpoint)
+    data = to_dict(small_world.config)
+    data["modalities"]["wrench"]["samples"] = 8
+    with pytest.raises(ModelMismatch, match="wrench: samples=8 but the model was trained with 32"):
+        check_model(from_dict(data), ckpt.specs)
+    data = to_dict(small_world.config)
+    data["modalities"]["extra"] = {"kind": "imu", "topic": "/imu2", "rate_hz": 100.0, "samples": 4}
+    with pytest.raises(ModelMismatch, match="the model has no 'extra' input"):
+        check_model(from_dict(data), ckpt.specs)
+    # a model modality the robot does not have is fed as missing
+    data = to_dict(small_world.config)
+    data["modalities"]["tactile"]["enabled"] = False
+    check_model(from_dict(data), ckpt.specs)
+
+
+def test_a_disabled_modality_is_fed_as_missing_and_frames_are_resized(small_world):
+    data = to_dict(small_world.config)
+    data["modalities"]["tactile"]["enabled"] = False
+    config = from_dict(data)
+    pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
+    outputs = replay(pipeline, small_world)
+    col = outputs[0].modalities.index("tactile")
+    assert outputs and not any(o.mask[col] for o in outputs)
+    assert all(o.weights[col] == 0 for o in outputs)
