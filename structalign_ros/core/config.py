@@ -12,6 +12,7 @@ types with the dotted path of the offending entry, so a typo in a YAML file is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ class ModalityConfig:
         qos_reliability: the live subscription's reliability, ``best_effort`` (sensor-data QoS, the
             default) or ``reliable``; a reliable publisher reaches either, a best-effort one only the
             first.
-        qos_depth: the live subscription's history depth.
+        qos_depth: the live subscription's history depth; 0 (default) sizes it to 100 ms of messages
+            (at least 5), so a 1 kHz stream survives the subscriber being busy for a moment.
     """
 
     kind: str
@@ -57,7 +59,7 @@ class ModalityConfig:
     enabled: bool = True
     joint_names: str = ""
     qos_reliability: str = "best_effort"
-    qos_depth: int = 10
+    qos_depth: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
@@ -74,8 +76,13 @@ class ModalityConfig:
             raise ConfigError(f"samples={self.samples}: a {self.kind} window holds one frame (samples=1)")
         if self.qos_reliability not in RELIABILITIES:
             raise ConfigError(f"qos_reliability={self.qos_reliability!r} is not one of {RELIABILITIES}")
-        if self.qos_depth < 1:
-            raise ConfigError(f"qos_depth={self.qos_depth} must be >= 1")
+        if self.qos_depth < 0:
+            raise ConfigError(f"qos_depth={self.qos_depth} must be >= 0 (0 = automatic)")
+
+    @property
+    def history_depth(self) -> int:
+        """The subscription depth: ``qos_depth``, or 100 ms of messages (at least 5) when it is 0."""
+        return self.qos_depth or max(5, math.ceil(0.1 * self.rate_hz))
 
     @property
     def joint_list(self) -> list[str]:
@@ -282,6 +289,9 @@ class TrainConfig:
         replay_capacity: windows the online trainer keeps (oldest dropped first).
         min_replay: the online trainer waits for this many windows before its first step.
         swap_period_s: how often the online trainer publishes new weights to the predictor.
+        online_duty_cycle: share of the time the online trainer may compute: after a step of ``t``
+            seconds it rests ``t * (1 / online_duty_cycle - 1)``, leaving the rest of the machine (and
+            Python's interpreter lock) to inference and the sensor callbacks; 1 = never rest.
         checkpoint_dir: where checkpoints are written; empty disables checkpointing.
     """
 
@@ -295,6 +305,7 @@ class TrainConfig:
     replay_capacity: int = 4096
     min_replay: int = 256
     swap_period_s: float = 10.0
+    online_duty_cycle: float = 0.5
     checkpoint_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -312,6 +323,8 @@ class TrainConfig:
             )
         if not self.swap_period_s > 0:
             raise ConfigError(f"swap_period_s={self.swap_period_s} must be > 0")
+        if not 0 < self.online_duty_cycle <= 1:
+            raise ConfigError(f"online_duty_cycle={self.online_duty_cycle} must be in (0, 1]")
 
 
 @dataclass

@@ -333,6 +333,7 @@ class OnlineTrainer:
                 self._stop.wait(0.05)
                 continue
             batch = self.buffer.sample(cfg.batch_size, self._generator)
+            started = time.monotonic()
             try:
                 metrics = train_step(
                     self.model, batch, self.optimizer, self.objective, **step_options(self.config)
@@ -346,5 +347,8 @@ class OnlineTrainer:
             if time.monotonic() - last_swap >= cfg.swap_period_s:
                 self._publish()
                 last_swap = time.monotonic()
+            duty = self.config.train.online_duty_cycle
+            if duty < 1:
+                self._stop.wait((time.monotonic() - started) * (1 / duty - 1))
         if self.steps:
             self._publish()
