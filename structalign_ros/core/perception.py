@@ -8,8 +8,9 @@ weights come back through an atomic swap. Every message it cannot use is counted
 (:attr:`events`, plus the assembler's own drop/mask counters); nothing raises out of
 :meth:`on_message`, so a bad sensor never stops the node.
 
-The pipeline is not thread-safe by itself beyond what :attr:`lock` guards: the node feeds it from one
-callback group and reads :meth:`report` from another.
+Threads: :meth:`feed` (from the subscriptions), :meth:`infer` (from an inference worker) and
+:meth:`report` (from diagnostics) may run concurrently; their shared state is guarded by
+:attr:`lock`. Feeding is cheap, so sensor callbacks never wait for the model.
 """
 
 from __future__ import annotations
@@ -155,10 +156,11 @@ class PerceptionPipeline:
         if self.events.add(reason):
             self.warn(f"{reason} (x{self.events.counts[reason]})")
 
-    def on_message(self, name: str, msg: Any, arrival_ns: int | None = None) -> list[WindowOutput]:
-        """Feed one sensor message of modality ``name``; returns the outputs of the windows it completed.
+    def feed(self, name: str, msg: Any, arrival_ns: int | None = None) -> list[Window]:
+        """Feed one sensor message of modality ``name``; returns the windows it completed.
 
-        ``arrival_ns`` is the monotonic time the message arrived (default: now).
+        ``arrival_ns`` is the monotonic time the message arrived (default: now). Cheap (no model):
+        the node calls it from its subscription callbacks and runs :meth:`infer` elsewhere.
         """
         arrival_ns = time.monotonic_ns() if arrival_ns is None else arrival_ns
         kind = self.kinds.get(name)
@@ -178,17 +180,25 @@ class PerceptionPipeline:
                     for old in sorted(self._arrivals)[:512]:
                         del self._arrivals[old]
             windows = self.assembler.push(name, stamp, value)
-            self.latency.add("convert+assemble", (time.monotonic_ns() - arrival_ns) * MS)
-            return self._run(windows)
+            self.windows += len(windows)
+        self.latency.add("convert+assemble", (time.monotonic_ns() - arrival_ns) * MS)
+        return windows
+
+    def on_message(self, name: str, msg: Any, arrival_ns: int | None = None) -> list[WindowOutput]:
+        """:meth:`feed` then :meth:`infer` every window it completed, in the caller's thread."""
+        return [o for w in self.feed(name, msg, arrival_ns) if (o := self.infer(w)) is not None]
 
     def on_ground_truth(self, msg: Any) -> None:
         """Feed a ``geometry_msgs/PoseStamped`` of the true end-effector pose."""
         try:
-            self._poses.append(pose_to_array(msg))
+            pose = pose_to_array(msg)
         except ConversionError as exc:
             self._count(f"ground truth: {exc}")
+            return
+        with self.lock:
+            self._poses.append(pose)
 
-    def idle(self, now_ns: int | None = None) -> list[WindowOutput]:
+    def idle(self, now_ns: int | None = None) -> list[Window]:
         """Let pending windows time out when no data has arrived for a while (every sensor silent).
 
         Time is extrapolated from the newest stamp by the monotonic time since the last message, so
@@ -199,18 +209,11 @@ class PerceptionPipeline:
             quiet = now_ns - self._last_push
             if self.assembler.pending == 0 or quiet < self.assembler.timeout_ns:
                 return []
-            return self._run(self.assembler.advance(self.assembler.clock + quiet))
+            windows = self.assembler.advance(self.assembler.clock + quiet)
+            self.windows += len(windows)
+            return windows
 
     # -- windows -> outputs -------------------------------------------------------------------
-    def _run(self, windows: list[Window]) -> list[WindowOutput]:
-        outputs = []
-        for window in windows:
-            self.windows += 1
-            out = self._infer(window)
-            if out is not None:
-                outputs.append(out)
-        return outputs
-
     def _batch(self, window: Window, pose: np.ndarray | None) -> Batch:
         inputs, present = {}, []
         for name, spec in self.specs.items():
@@ -233,12 +236,19 @@ class PerceptionPipeline:
         return Batch(inputs, mask, self.modalities, stamps, label)
 
     def _nearest_pose(self, stamp: int) -> np.ndarray | None:
-        if not self._poses:
+        with self.lock:
+            poses = list(self._poses)
+        if not poses:
             return None
-        t, pose = min(self._poses, key=lambda p: abs(p[0] - stamp))
+        t, pose = min(poses, key=lambda p: abs(p[0] - stamp))
         return pose if abs(t - stamp) <= POSE_TOLERANCE_NS else None
 
-    def _infer(self, window: Window) -> WindowOutput | None:
+    def infer(self, window: Window) -> WindowOutput | None:
+        """The model's outputs for ``window`` (None when it cannot be used: counted with the reason).
+
+        Thread-safe against :meth:`feed`; windows labelled with ground truth and at least two
+        modalities present (something to align) also go to the online trainer.
+        """
         t0 = time.monotonic_ns()
         pose = self._nearest_pose(window.stamp_ns)
         batch = self._batch(window, pose)
@@ -250,8 +260,9 @@ class PerceptionPipeline:
             self._count("non-finite model output; window skipped (inputs out of range?)")
             return None
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
-        if self.trainer is not None:
-            self.trainer.add(batch)
+        trainer = self.trainer
+        if trainer is not None and int(batch.mask.sum()) >= 2:
+            trainer.add(batch)
         mask = batch.mask[0].numpy()
         R = rotation_6d_to_matrix(out.pose[0, 3:].double())
         error = None
@@ -260,7 +271,9 @@ class PerceptionPipeline:
             angle = geodesic_angle(R, quaternion_to_matrix(torch.from_numpy(pose[3:]).double()))
             error = (pos_mm, float(torch.rad2deg(angle)))
             self.pose_errors.append(error)
-        self.outputs += 1
+        with self.lock:
+            arrival = self._arrivals.pop(window.stamp_ns, None)
+            self.outputs += 1
         return WindowOutput(
             stamp_ns=window.stamp_ns,
             modalities=self.modalities,
@@ -270,7 +283,7 @@ class PerceptionPipeline:
             mask=mask,
             position=out.pose[0, :3].numpy().astype(np.float64),
             quaternion=matrix_to_quaternion(R).numpy(),
-            arrival_ns=self._arrivals.pop(window.stamp_ns, None),
+            arrival_ns=arrival,
             pose_error=error,
         )
 
@@ -329,6 +342,8 @@ class PerceptionPipeline:
         return {
             "windows": self.windows,
             "outputs": self.outputs,
+            # windows without an output: skipped (counted in events with the reason) or in flight
+            "windows_dropped": self.windows - self.outputs,
             "pending": pending,
             "resets": resets,
             "masked": masked,

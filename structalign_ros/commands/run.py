@@ -1,0 +1,41 @@
+"""``structalign run``: a node graph in one process, with the same parameter files as launch."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="ROS parameter file (default: built-in config)")
+    parser.add_argument(
+        "--graph",
+        default="perception",
+        help="perception (the real robot: sensors come from outside) or sim_demo (with the simulated robot)",
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import rclpy
+
+    from structalign_ros.ros.run import StartError, running
+
+    rclpy.init()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with running(args.graph, args.config) as nodes:
+            print(f"running {', '.join(nodes)}; Ctrl-C stops", flush=True)
+            try:
+                stop.wait(args.seconds)
+            except KeyboardInterrupt:
+                pass
+    except StartError as exc:
+        print(f"structalign run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,106 @@
+"""The pipeline's report as ``diagnostic_msgs/DiagnosticArray`` (``/diagnostics``, about 1 Hz).
+
+Three statuses per node, named ``<node>: windows``, ``<node>: fine-tuning`` and ``<node>: runtime``,
+so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the node is active but no
+window came out during the last period, WARN when windows were masked or messages dropped during it,
+else OK; the message says why.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections import Counter
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from structalign_ros.ros.messages import time_msg
+
+
+def resident_mb() -> float:
+    """Resident memory of this process in MiB (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def per_modality(reasons: dict[str, int]) -> Counter[str]:
+    """``{"wrench: reason": n}`` -> ``{"wrench": total}``."""
+    out: Counter[str] = Counter()
+    for reason, n in reasons.items():
+        out[reason.split(":", 1)[0]] += n
+    return out
+
+
+def _kv(values: dict[str, Any]) -> list[KeyValue]:
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    return [KeyValue(key=k, value=fmt(v)) for k, v in values.items()]
+
+
+def diagnostic_array(
+    stamp_ns: int,
+    node: str,
+    report: dict[str, Any],
+    window_rate_hz: float,
+    new_problems: int,
+    active: bool,
+    extra: dict[str, Any],
+) -> DiagnosticArray:
+    """Build the array.
+
+    Args:
+        stamp_ns: the node's clock now (diagnostics describe the node, not one window).
+        report: :meth:`~structalign_ros.core.perception.PerceptionPipeline.report`.
+        window_rate_hz: windows per second over the last period.
+        new_problems: masks, drops and counted events since the previous report.
+        active: whether the node is in the active lifecycle state.
+        extra: more runtime values (device, backend, memory).
+    """
+    if active and window_rate_hz == 0:
+        level, message = DiagnosticStatus.ERROR, "no windows: is the camera publishing?"
+    elif new_problems:
+        level, message = DiagnosticStatus.WARN, f"{new_problems} masked/dropped/bad inputs in the last period"
+    else:
+        level, message = DiagnosticStatus.OK, "ok" if active else "inactive"
+    values: dict[str, Any] = {
+        "window_rate_hz": window_rate_hz,
+        "windows": report["windows"],
+        "outputs": report["outputs"],
+        "pending": report["pending"],
+        "clock_resets": report["resets"],
+    }
+    for name, n in sorted(per_modality(report["masked"]).items()):
+        values[f"masked.{name}"] = n
+    for name, n in sorted(per_modality(report["dropped"]).items()):
+        values[f"dropped.{name}"] = n
+    for reason, n in sorted(report["events"].items()):
+        values[f"bad.{reason}"] = n
+    for stage, pct in sorted(report["latency_ms"].items()):
+        for q, ms in pct.items():
+            values[f"latency_ms.{stage}.{q}"] = ms
+    for key, value in report["pose_error"].items():
+        if value is not None:
+            values[f"ee_error.{key}"] = value
+    windows = DiagnosticStatus(level=level, name=f"{node}: windows", message=message, values=_kv(values))
+    ft = report["finetune"]
+    tuning = DiagnosticStatus(
+        level=DiagnosticStatus.OK,
+        name=f"{node}: fine-tuning",
+        message="running" if ft["running"] else "off",
+        values=_kv({**ft, "model_version": report["model_version"]}),
+    )
+    runtime = DiagnosticStatus(
+        level=DiagnosticStatus.OK,
+        name=f"{node}: runtime",
+        message=", ".join(report["providers"]),
+        values=_kv({"memory_mb": resident_mb(), **extra}),
+    )
+    out = DiagnosticArray(status=[windows, tuning, runtime])
+    out.header.stamp = time_msg(stamp_ns)
+    return out

@@ -1,0 +1,97 @@
+"""Run a node graph (:mod:`structalign_ros.ros.graph`) in this process, without launch_ros.
+
+Every node gets the parameter file's values (its own ``ros__parameters`` block, or ``/**``) plus the
+graph's per-node values, as ``parameter_overrides`` — what ``--params-file`` gives a node started by
+launch. Lifecycle nodes are configured and activated here; one executor spins them all in a
+background thread, so the caller can watch and stop them.
+
+Threads: the executor thread only runs callbacks, which are cheap (the perception node hands windows to
+its own inference worker, the online trainer has its own thread, the simulated robot steps physics in
+its own). The executor is rclpy's single-threaded one on purpose: on this 2-core machine rclpy's
+``MultiThreadedExecutor`` delivered 562 of 6290 WrenchStamped messages sent at 1.5 kHz, the
+single-threaded one 3518 of 3712 (``docs/BENCHMARKS.md``, node section).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from structalign_ros.core.config import StructAlignConfig, flatten, load_yaml, to_dict
+from structalign_ros.ros.graph import NodeSpec, graph
+from structalign_ros.ros.perception_node import autostart, responsive_threads
+
+
+class StartError(RuntimeError):
+    """A lifecycle node of the graph could not be configured or activated; the message says why."""
+
+
+def node_parameters(config_file: str | Path | None, spec: NodeSpec) -> list[Parameter]:
+    """The parameters ``spec`` starts with: the file's values for its name, then the graph's own."""
+    config = load_yaml(config_file, spec.name) if config_file else StructAlignConfig()
+    values = flatten(to_dict(config))
+    values.update(spec.parameters)
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def build(spec: NodeSpec, config_file: str | Path | None) -> Node:
+    module, cls = spec.factory.split(":")
+    factory = getattr(importlib.import_module(module), cls)
+    return factory(parameter_overrides=node_parameters(config_file, spec))
+
+
+@contextmanager
+def running(
+    graph_name: str, config_file: str | Path | None = None, extra: Sequence[Node] = ()
+) -> Iterator[dict[str, Any]]:
+    """Build, start and spin graph ``graph_name``; yields ``{node name: node}``.
+
+    ``extra`` nodes (monitors, test probes) spin on the same executor. On exit the lifecycle nodes are
+    shut down (checkpointing), the executor stopped and every node destroyed. rclpy must be
+    initialised by the caller.
+
+    Raises:
+        StartError: a lifecycle node failed to configure or activate (its reason is in the message).
+    """
+    responsive_threads()
+    config = load_yaml(config_file) if config_file else StructAlignConfig()
+    nodes: dict[str, Any] = {}
+    executor = SingleThreadedExecutor()
+    thread = threading.Thread(target=executor.spin, name="structalign-executor", daemon=True)
+    try:
+        for spec in graph(graph_name, config):
+            nodes[spec.name] = build(spec, config_file)
+            executor.add_node(nodes[spec.name])
+        for node in extra:
+            executor.add_node(node)
+        thread.start()
+        for spec in graph(graph_name, config):
+            node = nodes[spec.name]
+            if spec.lifecycle and not autostart(node):
+                raise StartError(f"{spec.name}: {node.last_error}")
+            start = getattr(node, "start", None)
+            if callable(start):
+                start()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            if hasattr(node, "trigger_shutdown"):
+                try:
+                    node.trigger_shutdown()
+                except Exception as exc:  # already finalized: shutting down regardless
+                    node.get_logger().debug(f"shutdown: {exc}")
+            elif callable(getattr(node, "stop", None)):
+                node.stop()
+        executor.shutdown()
+        if thread.is_alive():
+            thread.join(5.0)
+        for node in [*nodes.values(), *extra]:
+            node.destroy_node()
