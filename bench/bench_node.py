@@ -232,25 +232,12 @@ class Bench:
 
 
 def node_command(launcher: str, params: Path) -> list[str]:
+    """``structalign run`` (the perception graph in one process) or the node's own console script."""
     if launcher == "run":
-        return [
-            sys.executable,
-            "-m",
-            "structalign_ros.cli",
-            "run",
-            "--graph",
-            "perception",
-            "--config",
-            str(params),
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "structalign_ros.ros.perception_node",
-        "--ros-args",
-        "--params-file",
-        str(params),
-    ]
+        args = "-m structalign_ros.cli run --graph perception --config"
+    else:
+        args = "-m structalign_ros.ros.perception_node --ros-args --params-file"
+    return [sys.executable, *args.split(), str(params)]
 
 
 def _stage_p50(diag: dict[str, str]) -> dict[str, float]:
