@@ -18,6 +18,9 @@ subscribes to the node's outputs:
    ``--warmup`` seconds (model load, first inferences, the online trainer's replay fill) are not
    measured; after the last message the node gets ``--drain`` seconds to answer.
 
+Before any arm, the bench prints the window rule's own floor (:func:`window_floor_ms`): how long after
+a camera frame the data that completes its window exists at all.
+
 Also read from the node's outputs: the last ``modality_weights`` (λ), the end-effector position error
 of ``ee_pose`` against the simulated ground truth nearest in time, and from ``/diagnostics`` the
 fine-tuning steps taken during the arm and the node's own per-stage latency percentiles (where the time
@@ -28,8 +31,8 @@ Run inside the private network namespace::
     tools/netns-run .venv/bin/python bench/bench_node.py [--seconds 60] [--arms onnx:on,torch:off]
 
 Prints a table per arm, then one JSON line
-``{"seconds", "load_avg", "arms": [{"backend", "finetune", "windows", "dropped",
-"latency_ms": {"p50", "p95", "p99"}, "weights": {modality: λ}, "ee_pos_err_mm", "finetune_steps",
+``{"seconds", "load_avg", "window_floor_ms": {"p50", "p99"}, "arms": [{"backend", "finetune", "windows",
+"dropped", "latency_ms": {"p50", "p95", "p99"}, "weights": {modality: λ}, "ee_pos_err_mm", "finetune_steps",
 "node_latency_ms": {stage: p50}, "publisher_late_max_ms", "node_counts"}, ...]}``: the demo's keys
 plus the backend, one object per arm in ``--arms`` order. Targets (2-core CPU, ONNX Runtime,
 fine-tuning on): 0 dropped windows, p50 ≤ 20 ms, p99 ≤ 50 ms.
@@ -52,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.config import StructAlignConfig, save_yaml
+from structalign_ros.core.config import FRAME_KINDS, StructAlignConfig, save_yaml
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import SimRobot
 
@@ -95,6 +98,28 @@ def render(config: StructAlignConfig, seed: int, seconds: float, ground_truth: b
     finally:
         robot.close()
     return Stream(messages, camera, np.array(truth_ns), np.array(truth_pos))
+
+
+def window_floor_ms(stream: Stream, config: StructAlignConfig) -> np.ndarray:
+    """Per camera frame, how long after it the window rule itself lets its window complete (ms).
+
+    A series stream (F/T, IMU, joints, tactile) contributes to the window of pivot ``t`` with its first
+    sample later than ``t + window.reorder_s`` (``core/windows.py``), so no node, however fast, can
+    publish before the slowest of those samples exists. Data time only: no compute, no transport.
+    """
+    series = {m.topic for m in config.modalities.values() if m.enabled and m.kind not in FRAME_KINDS}
+    stamps: dict[str, list[int]] = {t: [] for t in series | {stream.camera_topic}}
+    for sim_ns, topic, _ in stream.messages:
+        if topic in stamps:
+            stamps[topic].append(sim_ns)
+    pivots = np.array(stamps.pop(stream.camera_topic))
+    reorder = round(config.window.reorder_s * 1e9)
+    wait = np.zeros(len(pivots))
+    for values in stamps.values():
+        arr = np.array(values)
+        idx = np.minimum(np.searchsorted(arr, pivots + reorder, side="right"), len(arr) - 1)
+        wait = np.maximum(wait, arr[idx] - pivots)
+    return wait[pivots + reorder < min(v[-1] for v in stamps.values())] / 1e6
 
 
 @dataclass
@@ -396,6 +421,14 @@ def main() -> int:
         flush=True,
     )
 
+    floor = window_floor_ms(stream, config)
+    floor_pct = {q: round(float(np.percentile(floor, int(q[1:]))), 2) for q in ("p50", "p99")}
+    print(
+        f"window rule floor (reorder_s={config.window.reorder_s:g} s): p50 {floor_pct['p50']:.1f} ms, "
+        f"p99 {floor_pct['p99']:.1f} ms",
+        flush=True,
+    )
+
     responsive_threads()  # the same GIL switch interval as the node: publisher and collector share it
     rclpy.init()
     bench = Bench(config)
@@ -419,6 +452,7 @@ def main() -> int:
             {
                 "seconds": args.seconds,
                 "load_avg": [round(v, 2) for v in load],
+                "window_floor_ms": floor_pct,
                 "arms": [r.summary() for r in results],
             }
         )
