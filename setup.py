@@ -38,6 +38,8 @@ setup(
         "onnx>=1.16",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        # torch.utils.tensorboard writes event files through it (structalign train)
+        "tensorboard>=2.14",
     ],
     extras_require={
         # PyPI wheels of ROS 2 Kilted, for machines without a ROS 2 install.

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bag-info": ("list a bag's topics, rates and modalities, and the windows it would yield", "bag_info"),
     "demo": ("simulated robot -> windows -> input kernels -> GW structural consensus", "demo"),
     "export": ("export a trained checkpoint to ONNX (dynamic batch) and check parity", "export"),
+    "train": ("train offline from rosbags (checkpoints, resume, TensorBoard, torchrun DDP)", "train"),
+    "eval": ("evaluate a model on rosbags: pose error, contact probe, retrieval, geometry", "eval"),
     "run": ("run a node graph (perception, or sim_demo with the simulated robot) in one process", "run"),
     "play": ("replay rosbag2 files onto ROS topics in real time", "play"),
 }

@@ -296,7 +296,7 @@ class Collected:
     Attributes:
         out: :class:`ModelOutput` concatenated over all windows (CPU).
         mask: ``(N, M)``; modalities: the M names.
-        pose: ``(N, 7)`` ground truth, or None unless every window had one.
+        pose: ``(N, 7)`` ground truth, NaN rows for windows without one; None when none had one.
         contact: ``(N,)`` labels from :func:`contact_labels`.
         groups: ``(N,)`` episode index of every window.
     """
@@ -345,14 +345,23 @@ def collect(
         modalities = batch.modalities
         outs.append(_predict(model, batch))
         masks.append(batch.mask.cpu())
-        poses.append(None if batch.pose is None else batch.pose.cpu())
+        unknown = torch.full((len(batch), 7), float("nan"))
+        poses.append(unknown if batch.pose is None else batch.pose.cpu().float())
         contacts.append(contact_labels(batch, speed))
         groups.append(torch.as_tensor(group, dtype=torch.long).expand(len(batch)))
     if not outs:
         raise ValueError("no windows to evaluate")
     out = ModelOutput(*(torch.cat(parts) for parts in zip(*outs, strict=True)))
-    pose = None if any(p is None for p in poses) else torch.cat(poses)
-    return Collected(out, torch.cat(masks), modalities, pose, torch.cat(contacts), torch.cat(groups))
+    pose = torch.cat(poses)
+    labelled = pose.isfinite().all(1)
+    return Collected(
+        out,
+        torch.cat(masks),
+        modalities,
+        pose if labelled.any() else None,
+        torch.cat(contacts),
+        torch.cat(groups),
+    )
 
 
 def evaluate(
@@ -381,6 +390,7 @@ def evaluate(
     names = data.modalities
     if lambdas is None and isinstance(model, MultimodalModel):
         lambdas = model.lambdas.detach().cpu()
+    labelled = None if data.pose is None else data.pose.isfinite().all(1)
     contact: dict[str, Any] = {"fused": contact_probe(data.out.fused, data.contact, data.groups)}
     for m, name in enumerate(names):
         rows = data.mask[:, m]
@@ -389,7 +399,7 @@ def evaluate(
         "windows": len(data.mask),
         "episodes": len(data.groups.unique()),
         "modalities": list(names),
-        "pose": None if data.pose is None else pose_errors(data.out.pose, data.pose),
+        "pose": None if data.pose is None else pose_errors(data.out.pose[labelled], data.pose[labelled]),
         "contact": contact,
         "retrieval": retrieval(data.out.embeddings, data.mask, names, max_windows),
         "geometry": geometry(data.out.embeddings, data.mask, names, k, geometry_windows),

@@ -14,23 +14,28 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 import structalign_ros
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig, from_dict, to_dict
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
 from structalign_ros.core.objectives import Objective, pose_loss
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+# The offline trainer's own state (optimiser, counters) beside last.pt, for --resume.
+RESUME_FORMAT = 1
+RESUME_FILE = "resume.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -145,6 +150,12 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step),
     }
+    _atomic_save(payload, path)
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temp file in ``path``'s directory, fsync, rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -199,11 +210,47 @@ def check_compatible(model: MultimodalModel, state: dict[str, Tensor]) -> None:
         )
 
 
+class _Tied(nn.Module):
+    """The model and the objective as one module, for DistributedDataParallel.
+
+    DDP all-reduces a parameter's gradient when its autograd hook fires, and with
+    ``find_unused_parameters=False`` it expects every parameter to get a gradient in every step. Some
+    never do in a given step: the pose head without pose labels, the modality logits under an
+    objective that ignores lambda, an OTM decoder of a modality absent from the batch. Adding
+    ``0 * sum(parameters)`` to the embeddings (which every objective uses) gives each one an exact
+    zero gradient instead, so the set of reduced gradients is the same on every rank and step.
+    The objective's own parameters (OTM's decoders) are registered here, so DDP reduces them too.
+    """
+
+    def __init__(self, model: MultimodalModel, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, inputs: dict[str, Tensor], mask: Tensor) -> ModelOutput:
+        out = self.model(inputs, mask)
+        tie = sum(p.sum() for p in self.parameters()) * 0.0
+        return out._replace(embeddings=out.embeddings + tie)
+
+
+class _Replicated(DistributedDataParallel):
+    """DDP over :class:`_Tied` with the model's interface, so :func:`train_step` takes it as is."""
+
+    @property
+    def lambdas(self) -> Tensor:
+        return self.module.model.lambdas
+
+
 class Trainer:
     """Offline training over an iterable of batches (e.g. windows read from rosbags).
 
+    Under ``torch.distributed`` (initialised by the caller, e.g. ``structalign train`` under
+    ``torchrun``), the model and the objective are wrapped in DistributedDataParallel: replicas start
+    from rank 0's weights and buffers and average gradients every step, so they stay identical.
+    :attr:`model` is always the plain model (checkpoints, validation, export).
+
     Args:
-        model, objective: what to train and how.
+        model, objective: what to train and how (on the device they are on).
         config: the full tree (``train`` section used here; all of it saved with checkpoints).
     """
 
@@ -211,25 +258,128 @@ class Trainer:
         self.model, self.objective, self.config = model, objective, config
         self.optimizer = make_optimizer(model, objective, config.train)
         self.step = 0
+        self.epoch = 0
         self.skipped = 0
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.train_model: Any = model
+        if self.distributed:
+            device = next(model.parameters()).device
+            self.train_model = _Replicated(
+                _Tied(model, objective), device_ids=[device.index] if device.type == "cuda" else None
+            )
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs and checkpoints (rank 0, or not distributed)."""
+        return not self.distributed or dist.get_rank() == 0
+
+    def train_steps(self, batches: Iterable[Batch], steps: int) -> Iterator[dict[str, float]]:
+        """Take up to ``steps`` steps from ``batches``; yields each step's metrics."""
+        taken = 0
+        for batch in batches:
+            if taken >= steps:
+                break
+            metrics = train_step(
+                self.train_model, batch, self.optimizer, self.objective, **step_options(self.config)
+            )
+            self.skipped += int(metrics["skipped"])
+            self.step += 1
+            taken += 1
+            yield metrics
 
     def fit(
         self, batches: Iterable[Batch], on_metrics: Callable[[int, dict[str, float]], None] | None = None
     ) -> None:
         """Run up to ``train.steps`` steps; checkpoint to ``train.checkpoint_dir/last.pt`` at the end."""
         cfg = self.config.train
-        for batch in batches:
-            if self.step >= cfg.steps:
-                break
-            metrics = train_step(
-                self.model, batch, self.optimizer, self.objective, **step_options(self.config)
-            )
-            self.skipped += int(metrics["skipped"])
-            self.step += 1
+        for metrics in self.train_steps(batches, cfg.steps - self.step):
             if on_metrics is not None:
                 on_metrics(self.step, metrics)
-        if cfg.checkpoint_dir:
+        if cfg.checkpoint_dir and self.is_main:
             save_checkpoint(Path(cfg.checkpoint_dir) / "last.pt", self.model, self.config, self.step)
+
+    @torch.no_grad()
+    def validate(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """Mean objective and pose metrics over ``batches`` without training (weights unchanged).
+
+        Batch means weighted by windows; ``pose_pos_mae`` (m) and ``pose_rot_deg`` where labelled.
+        """
+        model, objective = self.model, self.objective
+        modes = model.training, objective.training
+        model.eval()
+        objective.eval()
+        device = next(model.parameters()).device
+        sums: collections.Counter[str] = collections.Counter()
+        counts: collections.Counter[str] = collections.Counter()
+        try:
+            for batch in batches:
+                batch = batch.to(device)
+                out = model(batch.inputs, batch.mask)
+                result = objective(out, batch, model.lambdas)
+                metrics = {"loss": float(result.loss), **result.metrics}
+                if batch.pose is not None:
+                    metrics.update(pose_loss(out.pose.float(), batch.pose)[1])
+                for key, value in metrics.items():
+                    sums[key] += value * len(batch)
+                    counts[key] += len(batch)
+        finally:
+            model.train(modes[0])
+            objective.train(modes[1])
+        return {k: sums[k] / counts[k] for k in sums}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue this run exactly where it is."""
+        return {
+            "format": RESUME_FORMAT,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "objective": {k: v.detach().cpu() for k, v in self.objective.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "skipped": self.skipped,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (model, objective, optimiser, counters, RNG).
+
+        Raises:
+            CheckpointError: another format, or weights that do not fit this model.
+        """
+        if state.get("format") != RESUME_FORMAT:
+            raise CheckpointError(f"resume state format {state.get('format')!r}, expected {RESUME_FORMAT}")
+        check_compatible(self.model, state["model"])
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.skipped = int(state["step"]), int(state["epoch"]), int(state["skipped"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``run_dir/last.pt`` (the checkpoint the node loads) and ``run_dir/resume.pt`` (the
+        trainer state), each atomically; only the main process writes. Returns ``last.pt``'s path."""
+        run_dir = Path(run_dir)
+        if self.is_main:
+            save_checkpoint(run_dir / "last.pt", self.model, self.config, self.step)
+            _atomic_save(self.state_dict(), run_dir / RESUME_FILE)
+        return run_dir / "last.pt"
+
+    def resume(self, run_dir: str | Path) -> bool:
+        """Load ``run_dir/resume.pt`` if there is one; every process reads it. Returns whether it did.
+
+        Raises:
+            CheckpointError: the file exists but is unreadable or does not fit.
+        """
+        path = Path(run_dir) / RESUME_FILE
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged file
+            reason = f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"{path}: not a readable resume state ({reason})") from exc
+        self.load_state_dict(state)
+        return True
 
 
 class ReplayBuffer:

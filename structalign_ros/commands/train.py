@@ -1,0 +1,318 @@
+"""``structalign train``: offline training from rosbags, the live node's data path and train step.
+
+Bags are replayed through :func:`core.dataset.iter_windows` (convert -> WindowAssembler, as the live
+node), batched by :class:`core.dataset.WindowDataset`, and trained by :class:`core.train.Trainer`
+(:func:`core.train.train_step`). Validation holds out whole bags (episodes). The run directory gets:
+
+- ``last.pt`` (the checkpoint ``structalign run`` and the perception node load) and ``last.onnx``
+  (exported and parity-checked against ONNX Runtime at the end);
+- ``resume.pt`` (optimiser and counters, for ``--resume``), written with ``last.pt`` every
+  ``--checkpoint-every`` steps and at every epoch end, both atomically;
+- ``metrics.csv`` (long format: step, epoch, split, metric, value) and TensorBoard event files;
+- ``summary.json``, the final numbers (also printed as the last line).
+
+Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel (NCCL on
+CUDA, gloo on CPU): every rank replays all bags and keeps every N-th window, rank 0 logs, validates
+and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+OBJECTIVE_CHOICES = ("pairwise", "symile", "gram", "mover", "gotma", "otm")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bags", nargs="+", required=True, metavar="BAG", help="rosbag2 directories (episodes)"
+    )
+    parser.add_argument("--config", metavar="FILE", help="parameter file (default: the built-in config)")
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVE_CHOICES,
+        help="training objective (default: the config's objective.name)",
+    )
+    parser.add_argument(
+        "--gw-regularizer",
+        action="store_true",
+        help="add UniOMA's GW structural regulariser to --objective (pairwise, symile or gram)",
+    )
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training windows")
+    parser.add_argument("--steps", type=int, help="total steps instead of --epochs")
+    parser.add_argument("--out", default="run", metavar="RUN", help="run directory (default ./run)")
+    parser.add_argument("--resume", action="store_true", help="continue RUN from its resume.pt")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of bags held out (default 0.2)"
+    )
+    parser.add_argument("--batch-size", type=int, help="windows per step (default: train.batch_size)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: train.lr)")
+    parser.add_argument("--pose-weight", type=float, help="weight of the supervised pose loss")
+    parser.add_argument("--seed", type=int, help="seed (default: train.seed)")
+    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument("--no-cache", action="store_true", help="re-read the bags every epoch")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: per rank)")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export at the end")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class TrainError(RuntimeError):
+    """A problem with the arguments or the data, reported without a traceback."""
+
+
+def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
+    """The config with the command-line choices applied (validated like a YAML file)."""
+    from structalign_ros.core.config import BASE_OBJECTIVES, from_dict, to_dict
+
+    data = to_dict(config)
+    obj, train = data["objective"], data["train"]
+    if args.objective:
+        obj["name"] = args.objective
+    if args.gw_regularizer:
+        base = args.objective or (obj["name"] if obj["name"] != "unioma" else obj["base"])
+        if base not in BASE_OBJECTIVES:
+            # MOVER, GOTMA and OTM bring their own OT/GW terms; see docs/LEARNING.md on why stacking
+            # UniOMA on them is not offered until objective.base can name them.
+            raise TrainError(
+                f"--gw-regularizer needs a contrastive base objective {BASE_OBJECTIVES}; {base!r} has "
+                "its own transport term (docs/LEARNING.md, 'Offline training')"
+            )
+        obj["name"], obj["base"] = "unioma", base
+    for key, value in (("batch_size", args.batch_size), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            train[key] = value
+    if args.pose_weight is not None:
+        obj["pose_weight"] = args.pose_weight
+    return from_dict(data)
+
+
+def _init_distributed(device_spec: str) -> tuple[int, int, Any]:
+    """``(rank, world, device)``; joins the process group when started by torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    from structalign_ros.core.runtime import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, resolve_device(device_spec)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+class MetricsLog:
+    """``metrics.csv`` (long format) and TensorBoard events; a no-op off the main process."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._csv = self._writer = self._tb = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = run_dir / "metrics.csv"
+        fresh = not path.exists()
+        self._csv = open(path, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._csv)
+        if fresh:
+            self._writer.writerow(["step", "epoch", "split", "metric", "value"])
+        self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in metrics.items():
+            self._writer.writerow([step, epoch, split, name, f"{value:.6g}"])
+            self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._csv.close()
+            self._tb.close()
+
+
+def _batches(dataset: Any, loader: Any, start_epoch: int) -> Iterator[Any]:
+    """Batches forever, reshuffling at every pass (an epoch is counted in steps, see run())."""
+    for epoch in itertools.count(start_epoch):
+        dataset.set_epoch(epoch)
+        yield from loader
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except TrainError as exc:
+        print(f"structalign train: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from structalign_ros.core.bags import BagError
+    from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
+    from structalign_ros.core.dataset import (
+        WindowDataset,
+        collate_labelled,
+        data_loader,
+        estimated_windows,
+        split_episodes,
+    )
+    from structalign_ros.core.models import ModalitySpec, MultimodalModel
+    from structalign_ros.core.objectives import build_objective
+    from structalign_ros.core.train import CheckpointError, Trainer, load_checkpoint, seed_everything
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.out)
+    resuming = args.resume and (run_dir / "resume.pt").exists()
+    try:
+        if resuming:
+            # the run's own config: a resumed run must train what it started training
+            config = load_checkpoint(run_dir / "last.pt").config
+        else:
+            base = load_yaml(args.config) if args.config else StructAlignConfig()
+            config = apply_overrides(base, args)
+        train_bags, val_bags = split_episodes(args.bags, args.val_fraction)
+        windows = estimated_windows(train_bags, config)
+    except (ConfigError, CheckpointError, BagError, OSError, ValueError) as exc:
+        raise TrainError(str(exc)) from exc
+    if args.resume and not resuming:
+        print(f"structalign train: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
+
+    rank, world, device = _init_distributed(args.device)
+    main = rank == 0
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(run_dir)))
+    tc = config.train
+    seed_everything(tc.seed)
+    steps_per_epoch = max(1, windows // world // tc.batch_size)
+    if world > 1:  # every rank takes the same number of steps, or DDP waits forever
+        count = torch.tensor([steps_per_epoch], device=device)
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        steps_per_epoch = int(count)
+    total = args.steps if args.steps is not None else max(1, round(args.epochs * steps_per_epoch))
+
+    train_ds = WindowDataset(train_bags, config, seed=tc.seed, shard=(rank, world), cache=not args.no_cache)
+    loader = data_loader(train_ds, tc.batch_size)
+    kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
+    if resuming:
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        model = ckpt.build_model()
+    else:
+        first = next(iter(loader), None)
+        if first is None:
+            raise TrainError(f"the training bags yield fewer than {tc.batch_size} windows")
+        model = MultimodalModel(ModalitySpec.from_batch(first, kinds), config.model)
+        model.fit_input_stats(first)
+    model.to(device)
+    objective = build_objective(
+        config.objective, {n: kinds[n] for n in model.modalities}, config.model.embed_dim
+    )
+    objective.to(device)
+    trainer = Trainer(model, objective, config)
+    if resuming:
+        trainer.resume(run_dir)
+
+    val_loader = None
+    if val_bags:
+        val_ds = WindowDataset(val_bags, config, shuffle_buffer=1, cache=not args.no_cache)
+        val_loader = torch.utils.data.DataLoader(
+            val_ds, batch_size=tc.batch_size, collate_fn=collate_labelled, drop_last=False
+        )
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"train: {len(train_bags)} bag(s), ~{windows} windows, {steps_per_epoch} steps/epoch x "
+            f"{world} process(es); val: {len(val_bags)} bag(s); objective {config.objective.name}"
+            + (f" (base {config.objective.base})" if config.objective.name == "unioma" else "")
+            + f"; {total} steps on {device}",
+            file=sys.stderr,
+        )
+    log = MetricsLog(run_dir, main)
+    last_val: dict[str, float] = {}
+    started = time.perf_counter()
+    start_step = trainer.step
+    batches = _batches(train_ds, loader, trainer.epoch)
+    bar = tqdm(
+        total=total, initial=trainer.step, unit="step", disable=not main or args.quiet, dynamic_ncols=True
+    )
+    try:
+        while trainer.step < total:
+            epoch_end = min(total, (trainer.step // steps_per_epoch + 1) * steps_per_epoch)
+            for metrics in trainer.train_steps(batches, epoch_end - trainer.step):
+                log.log(trainer.step, trainer.epoch, "train", metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", epoch=trainer.epoch, refresh=False)
+                bar.update(1)
+                if args.checkpoint_every > 0 and trainer.step % args.checkpoint_every == 0:
+                    trainer.save(run_dir)
+            if trainer.step % steps_per_epoch == 0 or trainer.step >= total:
+                trainer.epoch += 1
+                if val_loader is not None and main:
+                    last_val = trainer.validate(val_loader)
+                    log.log(trainer.step, trainer.epoch, "val", last_val)
+                    bar.write(
+                        f"epoch {trainer.epoch}: val loss {last_val.get('loss', float('nan')):.4f}"
+                        + (
+                            f", pose {1e3 * last_val['pose_pos_mae']:.1f} mm"
+                            if "pose_pos_mae" in last_val
+                            else ""
+                        )
+                    )
+                trainer.save(run_dir)
+    finally:
+        bar.close()
+        log.close()
+    elapsed = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "run": str(run_dir),
+        "steps": trainer.step,
+        "epochs": trainer.epoch,
+        "skipped": trainer.skipped,
+        "seconds": round(elapsed, 1),
+        "steps_per_s": round((trainer.step - start_step) / elapsed, 3) if elapsed > 0 else None,
+        "windows_per_s": round((trainer.step - start_step) * tc.batch_size * world / elapsed, 1)
+        if elapsed > 0
+        else None,
+        "world_size": world,
+        "val": last_val,
+    }
+    if main and not args.no_export:
+        summary["onnx"], summary["onnx_max_abs_diff"] = _export(
+            model, run_dir, val_loader if val_loader is not None else loader
+        )
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(summary))
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:
+    """``run_dir/last.onnx`` from the trained model, parity-checked on real windows."""
+    from structalign_ros.core.export import check_parity, example_batch, export_onnx
+
+    model = model.cpu().eval()
+    path = run_dir / "last.onnx"
+    export_onnx(model, example_batch(model), path)
+    probe = next(iter(loader), None)
+    probe = example_batch(model, size=3) if probe is None else probe.select(slice(0, 7))
+    return str(path), check_parity(model, path, probe)
