@@ -369,11 +369,15 @@ def print_table(results: list[ArmResult]) -> None:
         ]
         print("| " + " | ".join(cells) + " |")
     for r in results:
+        arm = f"{r.backend}, fine-tune {'on' if r.finetune else 'off'}"
+        print(
+            f"publisher ({arm}): {100 * r.publisher_late_frac:.1f} % of messages > {LATE_MS:g} ms late, "
+            f"max {r.publisher_late_max_ms:.0f} ms"
+        )
+        if r.node_counts:
+            print(f"node counts ({arm}): {r.node_counts}")
         if r.weights:
-            print(
-                f"λ ({r.backend}, fine-tune {'on' if r.finetune else 'off'}): "
-                + ", ".join(f"{k} {v:.3f}" for k, v in r.weights.items())
-            )
+            print(f"λ ({arm}): " + ", ".join(f"{k} {v:.3f}" for k, v in r.weights.items()))
 
 
 def main() -> int:
