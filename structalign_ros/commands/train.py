@@ -59,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate (default: train.lr)")
     parser.add_argument("--pose-weight", type=float, help="weight of the supervised pose loss")
     parser.add_argument("--seed", type=int, help="seed (default: train.seed)")
+    parser.add_argument(
+        "--val-batches", type=int, default=0, help="validate on at most this many batches (0: all)"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     parser.add_argument("--no-cache", action="store_true", help="re-read the bags every epoch")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -266,7 +269,8 @@ def _run(args: argparse.Namespace) -> int:
             if trainer.step % steps_per_epoch == 0 or trainer.step >= total:
                 trainer.epoch += 1
                 if val_loader is not None and main:
-                    last_val = trainer.validate(val_loader)
+                    limit = args.val_batches if args.val_batches > 0 else None
+                    last_val = trainer.validate(itertools.islice(val_loader, limit))
                     log.log(trainer.step, trainer.epoch, "val", last_val)
                     bar.write(
                         f"epoch {trainer.epoch}: val loss {last_val.get('loss', float('nan')):.4f}"
