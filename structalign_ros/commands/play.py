@@ -11,6 +11,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     parser.add_argument("--clock", action="store_true", help="also publish the bag time on /clock")
     parser.add_argument("--loops", type=int, default=1, help="play the list this many times (default 1)")
+    parser.add_argument(
+        "--wait", type=float, default=5.0, help="seconds to wait for a subscriber before playing (default 5)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     try:
         try:
-            player = BagPlayer(args.bags, args.rate, args.clock, args.loops)
+            player = BagPlayer(args.bags, args.rate, args.clock, args.loops, args.wait)
         except (BagError, ValueError) as exc:
             print(f"structalign play: {exc}", file=sys.stderr)
             return 1

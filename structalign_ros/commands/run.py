@@ -20,19 +20,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
     from structalign_ros.ros.run import StartError, running
 
-    rclpy.init()
+    # Ctrl-C and SIGTERM stop the graph here, in order (deactivate, checkpoint, shut down), before
+    # rclpy's context goes away: rclpy's own handler would invalidate it under the running nodes.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         with running(args.graph, args.config) as nodes:
             print(f"running {', '.join(nodes)}; Ctrl-C stops", flush=True)
-            try:
-                stop.wait(args.seconds)
-            except KeyboardInterrupt:
-                pass
+            stop.wait(args.seconds)
     except StartError as exc:
         print(f"structalign run: {exc}", file=sys.stderr)
         return 1

@@ -115,6 +115,10 @@ class WindowConfig:
             exceed ``timeout_s``.
         reset_s: a stamp this far behind the newest one is a clock jump (a bag looping, a new bag):
             every buffer is cleared.
+        max_gap_s: a stream with a gap longer than this (or than 3 of its periods, or one resampling
+            bin, whichever is longest) inside a window's span is masked in that window; shorter gaps
+            are bridged by interpolation. Live best-effort transport loses a few messages of a 1 kHz
+            stream now and then, which should not cost the window the whole stream.
     """
 
     span_s: float = 0.1
@@ -122,8 +126,11 @@ class WindowConfig:
     pivot: str = "rgb"
     reorder_s: float = 0.01
     reset_s: float = 1.0
+    max_gap_s: float = 0.025
 
     def __post_init__(self) -> None:
+        if self.max_gap_s < 0:
+            raise ConfigError(f"max_gap_s={self.max_gap_s} must be >= 0")
         if not self.span_s > 0:
             raise ConfigError(f"span_s={self.span_s} must be > 0")
         if self.timeout_s < 0:

@@ -144,7 +144,8 @@ class PerceptionPipeline:
         self.windows = 0
         self.outputs = 0
         self.model_version = 0
-        self.trainer: OnlineTrainer | None = None
+        self.trainer: OnlineTrainer | None = None  # the online trainer while it runs
+        self._tuner: OnlineTrainer | None = None
         self._latest_state: dict[str, torch.Tensor] | None = None
         self._arrivals: dict[int, int] = {}  # pivot stamp -> monotonic arrival (ns)
         self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
@@ -288,21 +289,34 @@ class PerceptionPipeline:
         )
 
     # -- fine-tuning --------------------------------------------------------------------------
+    def prepare_finetuning(self) -> None:
+        """Build the online trainer (objective, model copy, optimiser) without starting it.
+
+        Slow the first time in a process (the optimiser pulls in parts of torch that take seconds to
+        import), so the node does it while configuring rather than when fine-tuning is switched on.
+        """
+        if self._tuner is None:
+            kinds = {n: s.kind for n, s in self.specs.items()}
+            objective = build_objective(self.config.objective, kinds, self.config.model.embed_dim)
+            self._tuner = OnlineTrainer(self.model, objective, self.config, self._install)
+
     def start_finetuning(self) -> None:
         """Start the online trainer (a no-op when it runs)."""
-        if self.trainer is not None:
-            return
-        kinds = {n: s.kind for n, s in self.specs.items()}
-        objective = build_objective(self.config.objective, kinds, self.config.model.embed_dim)
-        self.trainer = OnlineTrainer(self.model, objective, self.config, self._install)
-        self.trainer.start()
+        if self.trainer is None:
+            self.prepare_finetuning()
+            self.trainer = self._tuner
+            self.trainer.start()
 
     def stop_finetuning(self) -> None:
         """Stop the online trainer after its current step; its last weights are installed."""
         trainer, self.trainer = self.trainer, None
         if trainer is not None:
             trainer.stop()
-            self.checkpoint_step += trainer.steps
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps behind the current weights (the checkpoint's and this run's)."""
+        return self.checkpoint_step + (self._tuner.steps if self._tuner is not None else 0)
 
     def _install(self, state: dict[str, torch.Tensor]) -> None:
         """Called by the trainer's thread with new weights."""
@@ -313,7 +327,7 @@ class PerceptionPipeline:
     def apply_config(self, config: StructAlignConfig) -> None:
         """Take over the run-time-safe settings of ``config`` (see the node's live parameters)."""
         self.config = config
-        trainer = self.trainer
+        trainer = self._tuner
         if trainer is not None:
             trainer.config = config  # pose_weight and grad_clip are read per step
             for group in trainer.optimizer.param_groups:
@@ -326,8 +340,7 @@ class PerceptionPipeline:
             return False
         model = copy.deepcopy(self.model)
         model.load_state_dict(state)
-        steps = self.checkpoint_step + (self.trainer.steps if self.trainer is not None else 0)
-        save_checkpoint(path, model, self.config, steps)
+        save_checkpoint(path, model, self.config, self.steps)
         return True
 
     # -- diagnostics --------------------------------------------------------------------------
@@ -337,7 +350,7 @@ class PerceptionPipeline:
             stats = self.assembler.stats
             masked, dropped = dict(stats.masked), dict(stats.dropped)
             resets, pending = stats.resets, self.assembler.pending
-        trainer = self.trainer
+        trainer, tuner = self.trainer, self._tuner
         errors = np.array(self.pose_errors) if self.pose_errors else np.zeros((0, 2))
         return {
             "windows": self.windows,
@@ -352,10 +365,10 @@ class PerceptionPipeline:
             "latency_ms": self.latency.percentiles(),
             "finetune": {
                 "running": trainer is not None,
-                "steps": self.checkpoint_step + (trainer.steps if trainer else 0),
-                "skipped": trainer.skipped if trainer else 0,
-                "loss": (trainer.last_metrics.get("loss") if trainer else None),
-                "replay": len(trainer.buffer) if trainer else 0,
+                "steps": self.steps,
+                "skipped": tuner.skipped if tuner else 0,
+                "loss": (tuner.last_metrics.get("loss") if tuner else None),
+                "replay": len(tuner.buffer) if tuner else 0,
             },
             "model_version": self.model_version,
             "providers": list(self.predictor.providers),

@@ -17,7 +17,7 @@ stamp, and waiting for the next one would add a frame period of latency). The wo
 thereby spread over the pushes of several streams instead of landing on one. The window
 is emitted when every stream has done so, or when the newest stamp seen passes ``t + timeout``; a
 stream that has not caught up by then, has no sample in the span, or has a gap in it longer than
-``max(3 periods, span / samples)`` is masked (zeros, ``mask[name] = False``), never invented.
+``max(3 periods, span / samples, max_gap_s)`` is masked (zeros, ``mask[name] = False``), never invented.
 
 Time is the data's own: the assembler's clock is the newest stamp pushed, so a replay is deterministic
 and a live node needs no timer. Stamps are integer nanoseconds.
@@ -80,14 +80,16 @@ class _Stream:
     high-rate streams together.
     """
 
-    def __init__(self, name: str, cfg: ModalityConfig, span_ns: int, keep_ns: int, reorder_ns: int) -> None:
+    def __init__(
+        self, name: str, cfg: ModalityConfig, span_ns: int, keep_ns: int, reorder_ns: int, gap_ns: int
+    ) -> None:
         self.name = name
         self.frame = cfg.kind in FRAME_KINDS
         # The stream can contribute to the window of pivot t once it holds a stamp > t + wait_ns.
         self.wait_ns = -1 if self.frame else reorder_ns
         self.samples = cfg.samples
         period_ns = int(NS / cfg.rate_hz)
-        self.max_gap_ns = max(3 * period_ns, span_ns // cfg.samples)
+        self.max_gap_ns = max(3 * period_ns, span_ns // cfg.samples, gap_ns)
         self.capacity = max(8, 2 * int(np.ceil(keep_ns / period_ns)) + 4)
         self.max_capacity = MAX_GROWTH * self.capacity
         self.stamps = np.empty(self.capacity, dtype=np.int64)
@@ -236,7 +238,7 @@ class WindowAssembler:
         self.reset_ns = round(window.reset_s * NS)
         keep_ns = self.span_ns + self.timeout_ns + self.reorder_ns
         self.streams = {
-            n: _Stream(n, m, self.span_ns, keep_ns, self.reorder_ns)
+            n: _Stream(n, m, self.span_ns, keep_ns, self.reorder_ns, round(window.max_gap_s * NS))
             for n, m in enabled.items()
             if n != self.pivot
         }

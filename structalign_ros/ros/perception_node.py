@@ -12,10 +12,13 @@ Lifecycle:
 - deactivate: unsubscribe, stop fine-tuning, write a checkpoint, clear the RViz chart (DELETEALL).
 - cleanup / shutdown: release the model and the publishers (shutdown checkpoints first).
 
-Threads: subscription callbacks only convert and cut windows (cheap), then queue each finished window
-for the inference worker thread, which runs the model and publishes; the online trainer has its own
-thread and hands new weights over by an atomic swap; checkpoints are written from a short-lived
-thread. So neither the model nor training ever delays reading a 1 kHz sensor.
+Threads: a sensor reader thread takes the sensor messages straight from their subscriptions
+(:mod:`structalign_ros.ros.ingest`: rclpy's executor is too slow for 1.7 k messages a second on two
+cores), converts them and cuts windows (cheap), then queues each finished window for the inference
+worker thread, which runs the model and publishes; the executor keeps services, parameters and
+timers; the online trainer has its own thread and hands new weights over by an atomic swap;
+checkpoints are written from a short-lived thread. So neither the model nor training ever delays
+reading a 1 kHz sensor.
 
 Outputs, each stamped with its window's pivot (camera) stamp, never ``now()``:
 
@@ -62,6 +65,7 @@ from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.perception import MS, PerceptionPipeline, WindowOutput
 from structalign_ros.core.train import Checkpoint, CheckpointError, load_checkpoint
 from structalign_ros.ros.diagnostics import diagnostic_array
+from structalign_ros.ros.ingest import PolledGroup, SensorReader
 from structalign_ros.ros.markers import delete_all, weight_markers
 from structalign_ros.ros.messages import time_msg
 from structalign_ros.ros.params import LiveParameters, declare_config, node_options, read_config
@@ -87,9 +91,14 @@ MESSAGE_TYPES = {
     "joints": JointState,
 }
 IDLE_CHECK_S = 0.02
+GROUND_TRUTH = "ground truth"
 # Windows waiting for the inference worker; beyond this the oldest is dropped (and counted): the
 # outputs must stay current rather than fall further and further behind.
 INFERENCE_QUEUE = 4
+
+
+def _unused(msg: Any) -> None:
+    """Callback of the polled subscriptions: never called (see :mod:`structalign_ros.ros.ingest`)."""
 
 
 def default_model_path() -> Path:
@@ -128,6 +137,7 @@ class PerceptionNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._saving = threading.Lock()
         self._subscriptions_held: list[Any] = []
+        self._reader: SensorReader | None = None
         self._active_timers: list[Any] = []
         self._pub: dict[str, Any] = {}
         self._diag_timer: Any = None
@@ -161,6 +171,7 @@ class PerceptionNode(LifecycleNode):
             torch.set_num_threads(config.runtime.threads)
             checkpoint, source = self._load(config)
             pipeline = PerceptionPipeline(config, checkpoint, warn=self._warn)
+            pipeline.prepare_finetuning()
         except Exception as exc:  # any reason not to run is reported, never raised
             return self._fail("configure", exc)
         self.config, self.pipeline, self.model_source = config, pipeline, source
@@ -184,6 +195,8 @@ class PerceptionNode(LifecycleNode):
         assert self.pipeline is not None
         config = self.config
         try:
+            polled = PolledGroup()
+            subscriptions = {}
             for name in config.enabled_modalities:
                 m = config.modalities[name]
                 qos = QoSProfile(
@@ -193,23 +206,16 @@ class PerceptionNode(LifecycleNode):
                     if m.qos_reliability == "best_effort"
                     else ReliabilityPolicy.RELIABLE,
                 )
-                self._subscriptions_held.append(
-                    self.create_subscription(
-                        MESSAGE_TYPES[m.kind],
-                        m.topic,
-                        lambda msg, name=name: self._on_sensor(name, msg),
-                        qos,
-                    )
+                subscriptions[name] = self.create_subscription(
+                    MESSAGE_TYPES[m.kind], m.topic, _unused, qos, callback_group=polled
                 )
             if config.node.ground_truth_topic:
-                self._subscriptions_held.append(
-                    self.create_subscription(
-                        PoseStamped,
-                        config.node.ground_truth_topic,
-                        self.pipeline.on_ground_truth,
-                        10,
-                    )
+                subscriptions[GROUND_TRUTH] = self.create_subscription(
+                    PoseStamped, config.node.ground_truth_topic, _unused, 10, callback_group=polled
                 )
+            self._subscriptions_held = list(subscriptions.values())
+            self._reader = SensorReader(subscriptions, self._on_sensor)
+            self._reader.start()
             self._active_timers.append(self.create_timer(IDLE_CHECK_S, self._on_idle))
             if config.train.checkpoint_dir:
                 self._active_timers.append(
@@ -228,6 +234,9 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release_active(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         for sub in self._subscriptions_held:
             self.destroy_subscription(sub)
         for timer in self._active_timers:
@@ -244,6 +253,12 @@ class PerceptionNode(LifecycleNode):
         self.active = self.live.running = False
         self._release_active()
         self._checkpoint()
+        if self.pipeline is not None:
+            report = self.pipeline.report()
+            self.get_logger().info(
+                f"deactivated after {report['windows']} windows, {report['outputs']} outputs; masked "
+                f"{report['masked']}; dropped {report['dropped']}; bad inputs {report['events']}"
+            )
         frame = self.config.node.marker_frame
         self._pub["markers"].publish(delete_all(frame, self.get_clock().now().nanoseconds))
         return TransitionCallbackReturn.SUCCESS
@@ -269,13 +284,15 @@ class PerceptionNode(LifecycleNode):
     def _warn(self, message: str) -> None:
         self.get_logger().warning(message)
 
-    def _on_sensor(self, name: str, msg: Any) -> None:
-        arrival = time.monotonic_ns()
+    def _on_sensor(self, name: str, msg: Any, arrival: int) -> None:
         pipeline = self.pipeline
         if pipeline is None:
             return
         try:
-            self._enqueue(pipeline, pipeline.feed(name, msg, arrival))
+            if name == GROUND_TRUTH:
+                pipeline.on_ground_truth(msg)
+            else:
+                self._enqueue(pipeline, pipeline.feed(name, msg, arrival))
         except Exception as exc:  # the node must not die on anything a message does
             pipeline.events.add(f"internal error: {type(exc).__name__}")
             self.get_logger().error(f"{name}: internal error {exc!r}", throttle_duration_sec=5.0)

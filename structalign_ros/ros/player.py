@@ -29,15 +29,22 @@ class BagPlayer(Node):
         rate: playback speed factor (2 = twice as fast).
         clock: also publish the bag time on ``/clock``.
         loops: how many times to play the list (bag time keeps restarting each loop).
+        wait_s: before playing, wait up to this long for a subscriber to appear (DDS discovery takes a
+            moment; messages published before it completes are lost), then 0.5 s more for the rest.
     """
 
     def __init__(
-        self, bags: Sequence[str | Path], rate: float = 1.0, clock: bool = False, loops: int = 1
+        self,
+        bags: Sequence[str | Path],
+        rate: float = 1.0,
+        clock: bool = False,
+        loops: int = 1,
+        wait_s: float = 5.0,
     ) -> None:
         super().__init__("structalign_player")
         if not rate > 0:
             raise ValueError(f"rate={rate} must be > 0")
-        self.bags, self.rate, self.loops = [Path(b) for b in bags], rate, loops
+        self.bags, self.rate, self.loops, self.wait_s = [Path(b) for b in bags], rate, loops, wait_s
         types: dict[str, str] = {}
         for bag in self.bags:
             types.update({t: msgtype for t, (msgtype, _) in bag_info(bag).topics.items()})
@@ -56,7 +63,16 @@ class BagPlayer(Node):
         self._stop.set()
         self._thread.join(5.0)
 
+    def _wait_for_subscribers(self) -> None:
+        deadline = time.monotonic() + self.wait_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if any(p.get_subscription_count() for p in self._pubs.values()):
+                self._stop.wait(0.5)
+                return
+            self._stop.wait(0.05)
+
     def _play(self) -> None:
+        self._wait_for_subscribers()
         try:
             for _ in range(self.loops):
                 for bag in self.bags:
