@@ -384,7 +384,15 @@ def e1(su: Setup, budget: Budget) -> dict:
                 for k, v in downstream(model, su.train, su.test).items():
                     res[base][arm][k].append(v)
             su.log(f"E1 {base} seed {seed} done")
+    untrained = {"ee_mm": [], "contact_acc": []}
+    for seed in su.seeds:  # the initial weights every arm of this seed starts from
+        for k, v in downstream(
+            train_arm(base_objective("pairwise"), su.train, su.kinds, Budget(0, 1), seed), su.train, su.test
+        ).items():
+            untrained[k].append(v)
     print("\nE1  +GW regulariser against each base objective (held-out episodes; mean ± std over seeds)")
+    acc0 = [100 * a for a in untrained["contact_acc"]]
+    print(f"{'(none)':9s} {'untrained':12s} {fmt(untrained['ee_mm'], 1):>20s} {fmt(acc0, 1):>23s}")
     print(f"{'base':9s} {'arm':12s} {'EE error mm (lower)':>20s} {'contact acc % (higher)':>23s}")
     out = {}
     for base, arms_ in res.items():
@@ -409,6 +417,7 @@ def e1(su: Setup, budget: Budget) -> dict:
             "contact_gw_minus_shuffled": c_acc,
             "raw": arms_,
         }
+    out["untrained"] = {k: summary(v) for k, v in untrained.items()}
     return out
 
 
@@ -579,6 +588,9 @@ def e4(su: Setup, budget: Budget, modalities: list[str], frac: float) -> dict:
     for n in modalities:
         for cond in (f"missing {n}", f"noisy {n}"):
             diffs[f"{cond}: pairwise - otm"] = paired(res[f"pairwise|{cond}"], res[f"otm|{cond}"])
+        diffs[f"missing {n}: pairwise - otm+impute"] = paired(
+            res[f"pairwise|missing {n}"], res[f"otm+impute|missing {n}"]
+        )
         diffs[f"missing {n}: otm - otm+impute"] = paired(
             res[f"otm|missing {n}"], res[f"otm+impute|missing {n}"]
         )
@@ -668,6 +680,8 @@ def plots(results: dict, out: Path) -> list[str]:
     if key == "contact_acc":
         lo = min(r[b][a][key]["mean"] for b in ("pairwise", "symile", "gram") for a in arms)
         axes[1].set_ylim(max(0.0, lo - 0.05), 1.0)
+    if "untrained" in r:
+        axes[0].axhline(r["untrained"]["ee_mm"]["mean"], color="grey", ls="--", lw=1, label="untrained")
     axes[0].legend(fontsize=8)
     fig.suptitle("E1: +GW regulariser vs base objective (mean ± std over seeds)")
     save(fig, "e1_gw_regulariser.png")
@@ -747,9 +761,9 @@ QUICK = {
 }  # fmt: skip
 FULL = {
     "episodes": 6, "seconds": 15.0, "test_episodes": 2, "seeds": 5, "batch": 64,
-    "e1_steps": 100, "e2_steps": 40, "e2_batch": 48, "severities": [1.0], "e3_n": 128,
-    "e3_repeats": 3, "e4_steps": 100, "e4_modalities": ["rgb", "depth", "wrench", "imu", "tactile", "joints"],
-    "e4_frac": 0.5, "e5_steps": 100, "e5_fracs": [0.0, 0.25, 0.5],
+    "e1_steps": 80, "e2_steps": 30, "e2_batch": 48, "severities": [1.0], "e3_n": 128,
+    "e3_repeats": 3, "e4_steps": 80, "e4_modalities": ["rgb", "depth", "wrench", "imu", "tactile", "joints"],
+    "e4_frac": 0.5, "e5_steps": 150, "e5_fracs": [0.0, 0.25, 0.5],
 }  # fmt: skip
 
 
@@ -757,6 +771,9 @@ def compact(results: dict) -> dict:
     """The headline numbers for the final JSON line (everything else is in results.json)."""
     e1 = {}
     for base, r in results["E1"].items():
+        if base == "untrained":
+            e1[base] = {k: round(v["mean"], 4) for k, v in r.items()}
+            continue
         e1[base] = {
             "ee_mm": {a: round(r[a]["ee_mm"]["mean"], 2) for a in ("base", "gw", "gw_shuffled")},
             "contact_acc": {a: round(r[a]["contact_acc"]["mean"], 4) for a in ("base", "gw", "gw_shuffled")},
