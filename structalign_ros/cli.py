@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("print the default configuration, or validate a configuration file", "config"),
     "sim": ("record a simulated robot episode as a rosbag2 (mcap or sqlite3)", "sim"),
     "bag-info": ("list a bag's topics, rates and modalities, and the windows it would yield", "bag_info"),
-    "demo": ("simulated robot -> windows -> input kernels -> GW structural consensus", "demo"),
+    "demo": ("the simulated robot feeding the whole suite, fine-tuning on; summary, JSON and plots", "demo"),
     "export": ("export a trained checkpoint to ONNX (dynamic batch) and check parity", "export"),
     "train": ("train offline from rosbags (checkpoints, resume, TensorBoard, torchrun DDP)", "train"),
     "eval": ("evaluate a model on rosbags: pose error, contact probe, retrieval, geometry", "eval"),

@@ -1,85 +1,204 @@
-"""``structalign demo``: the simulated robot, end to end through what the suite has today.
+"""``structalign demo``: the whole suite on the simulated robot, with a summary, a JSON line and plots.
 
-MuJoCo episode -> rosbag2 (mcap) -> the same convert -> WindowAssembler path the node uses -> per-batch
-input kernels K_x^m of every modality -> their GW barycenter (UniOMA's structural consensus C*) ->
-each modality's GW distance to the consensus. Until the node suite lands (issue 5) this is the main
-job: it shows, on simulated sensor data, how much each modality's geometry agrees with the others.
+The ``sim_demo`` graph (:mod:`structalign_ros.ros.graph`) runs in this process: the MuJoCo robot
+publishes every sensor and the true end-effector pose in real time, the perception node (the shipped
+default model, fine-tuning on) windows, encodes and publishes. A monitor subscribes to what the node
+publishes, exactly as a user's tool would, and scores the published pose against the ground truth
+with the same stamp. At the end: a table, plots (lambda over time, EE error over time, latency
+histogram) in the run folder, and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
-from structalign_ros.core.batch import collate
-from structalign_ros.core.config import StructAlignConfig, load_yaml
-from structalign_ros.core.dataset import ReplayReport, iter_windows
-from structalign_ros.core.kernels import InputKernels
-from structalign_ros.core.ot import gw_barycenter, gw_value
-from structalign_ros.core.sim.record import record_episode
+from structalign_ros.core.dataset import POSE_TOLERANCE_NS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=20.0, help="simulated seconds (default 20)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=64, help="windows per consensus (default 64)")
-    parser.add_argument("--config", default=None, help="parameter file (default: built-in config)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: the kernels here are small, and extra OpenMP threads "
-        "spin-wait when other processes share the cores: 8.8 s instead of 0.18 s per consensus once)",
-    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
+    parser.add_argument("--config", default=None, help="ROS parameter file (default: built-in config)")
+    parser.add_argument("--out", default=None, help="run folder for the plots (default runs/demo-<time>)")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
 
 
+class Monitor:
+    """Subscribes to the node's pose and weights and to the ground truth; keeps them for scoring."""
+
+    def __init__(self, node: Any, gt_topic: str, prefix: str) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+
+        from structalign_ros.ros.messages import stamp_of
+
+        self._stamp = stamp_of
+        self.lock = threading.Lock()
+        self.poses: list[tuple[int, np.ndarray]] = []  # (stamp, xyz qxyzw) published by the node
+        self.truth: dict[int, np.ndarray] = {}
+        self.weights: list[tuple[float, int, list[float]]] = []  # (receive time, stamp, lambda)
+        self.names: list[str] = []
+        node.create_subscription(PoseStamped, f"{prefix}/ee_pose", self._on_pose, 50)
+        node.create_subscription(PoseStamped, gt_topic, self._on_truth, 200)
+        node.create_subscription(JointState, f"{prefix}/modality_weights", self._on_weights, 50)
+
+    @staticmethod
+    def _pose(msg: Any) -> np.ndarray:
+        p, q = msg.pose.position, msg.pose.orientation
+        return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+
+    def _on_pose(self, msg: Any) -> None:
+        with self.lock:
+            self.poses.append((self._stamp(msg.header.stamp), self._pose(msg)))
+
+    def _on_truth(self, msg: Any) -> None:
+        with self.lock:
+            self.truth[self._stamp(msg.header.stamp)] = self._pose(msg)
+
+    def _on_weights(self, msg: Any) -> None:
+        with self.lock:
+            self.names = list(msg.name)
+            self.weights.append((time.monotonic(), self._stamp(msg.header.stamp), list(msg.position)))
+
+    def errors(self) -> np.ndarray:
+        """``(n, 3)``: stamp (s), position error (mm), orientation error (deg) of every scored output."""
+        with self.lock:
+            poses, truth = list(self.poses), dict(self.truth)
+        if not truth:
+            return np.zeros((0, 3))
+        stamps = np.array(sorted(truth))
+        rows = []
+        for stamp, pose in poses:
+            i = int(np.clip(np.searchsorted(stamps, stamp), 1, len(stamps) - 1))
+            near = stamps[i] if abs(stamps[i] - stamp) < abs(stamps[i - 1] - stamp) else stamps[i - 1]
+            if abs(int(near) - stamp) > POSE_TOLERANCE_NS:
+                continue
+            gt = truth[int(near)]
+            pos_mm = 1000.0 * float(np.linalg.norm(pose[:3] - gt[:3]))
+            dot = min(1.0, abs(float(np.dot(pose[3:], gt[3:]))))
+            rows.append((stamp * 1e-9, pos_mm, float(np.degrees(2 * np.arccos(dot)))))
+        return np.array(rows).reshape(-1, 3)
+
+
+def _plots(folder: Path, monitor: Monitor, errors: np.ndarray, latency_ms: np.ndarray) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with monitor.lock:
+        weights, names = list(monitor.weights), list(monitor.names)
+    if weights:
+        t0 = weights[0][1]
+        t = np.array([(s - t0) * 1e-9 for _, s, _ in weights])
+        lam = np.array([w for _, _, w in weights])
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for m, name in enumerate(names):
+            ax.plot(t, lam[:, m], label=name, lw=1)
+        ax.set(xlabel="time (s)", ylabel="λ (per window)", title="Modality weights")
+        ax.legend(ncol=3, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "weights.png", dpi=110)
+        plt.close(fig)
+        written.append("weights.png")
+    if len(errors):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(errors[:, 0] - errors[0, 0], errors[:, 1], lw=1)
+        ax.set(xlabel="time (s)", ylabel="position error (mm)", title="End-effector pose error")
+        fig.tight_layout()
+        fig.savefig(folder / "ee_error.png", dpi=110)
+        plt.close(fig)
+        written.append("ee_error.png")
+    if len(latency_ms):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.hist(latency_ms, bins=50)
+        ax.set(xlabel="pivot frame arrival -> outputs published (ms)", ylabel="windows", title="Latency")
+        fig.tight_layout()
+        fig.savefig(folder / "latency.png", dpi=110)
+        plt.close(fig)
+        written.append("latency.png")
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    config = load_yaml(args.config) if args.config else StructAlignConfig()
+    import rclpy
+    from rclpy.node import Node
+
+    from structalign_ros.core.config import StructAlignConfig, load_yaml
+    from structalign_ros.ros.perception_node import NAME
+    from structalign_ros.ros.run import StartError, running
+
     say = (lambda *a: None) if args.json else print
-    with tempfile.TemporaryDirectory() as tmp:
-        bag = Path(tmp) / "episode"
-        t0 = time.perf_counter()
-        stats = record_episode(bag, config, seed=args.seed, seconds=args.seconds)
-        wall = time.perf_counter() - t0
-        say(f"simulated {stats.sim_seconds:.1f} s in {wall:.1f} s: {stats.messages} messages")
-        report = ReplayReport()
-        windows = [w for w, _ in iter_windows([bag], config, report) if all(w.mask.values())]
-    starts = range(0, len(windows) - args.batch + 1, args.batch)
-    batches = [collate(windows[i : i + args.batch]) for i in starts]
-    if not batches:
-        say(f"only {len(windows)} complete windows: run longer than {args.seconds} s or lower --batch")
-        return 1
-    modalities = batches[0].modalities
-    kernels = InputKernels({m: config.modalities[m].kind for m in modalities})
-    kernels.fit(batches[0])
-    M = len(modalities)
-    lam = torch.full((M,), 1.0 / M)
-    distances, times = [], []
-    for batch in batches:
-        K = kernels(batch, torch.arange(len(batch)))
-        t0 = time.perf_counter()
-        bary = gw_barycenter(K, lam)
-        times.append(1e3 * (time.perf_counter() - t0))
-        distances.append(gw_value(bary.C.expand(M, -1, -1), K, bary.plans))
-    mean = torch.stack(distances).mean(0)
+    config = load_yaml(args.config) if args.config else StructAlignConfig()
+    folder = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    rclpy.init()
+    try:
+        probe = Node("structalign_demo_monitor")
+        monitor = Monitor(probe, config.sim.ee_pose_topic, f"/{NAME}")
+        try:
+            with running("sim_demo", args.config, extra=[probe]) as nodes:
+                node = nodes[NAME]
+                say(
+                    f"running the simulated robot and the suite for {args.seconds:.0f} s "
+                    f"(model {node.model_source}, backend {node.pipeline.predictor.backend})"
+                )
+                start = time.monotonic()
+                while (left := args.seconds - (time.monotonic() - start)) > 0:
+                    time.sleep(min(10.0, left))
+                    report = node.pipeline.report()
+                    say(
+                        f"  {time.monotonic() - start:5.0f} s: {report['outputs']} windows, "
+                        f"fine-tune steps {report['finetune']['steps']}"
+                    )
+                report = node.pipeline.report()
+                latency = node.pipeline.latency.samples("end_to_end")
+                sim = nodes["structalign_sim"]
+                realtime = sim.sim_ns * 1e-9 / (time.monotonic() - start)
+                learned = {n: round(v, 4) for n, v in node.pipeline.learned_weights().items()}
+        except StartError as exc:
+            print(f"structalign demo: {exc}", file=sys.stderr)
+            return 1
+        errors = monitor.errors()
+        written = _plots(folder, monitor, errors, latency)
+        probe.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99)) if len(latency) else (None, None)
     summary = {
-        "windows": len(windows),
-        "batches": len(batches),
-        "gw_to_consensus": {m: round(float(d), 6) for m, d in zip(modalities, mean, strict=True)},
-        "consensus_ms_p50": round(statistics.median(times), 2),
+        "windows": report["windows"],
+        "dropped": report["windows_dropped"],
+        "latency_ms": {"p50": _round(p50), "p99": _round(p99)},
+        "weights": learned,
+        "ee_pos_err_mm": _round(float(errors[:, 1].mean()) if len(errors) else None),
+        "ee_rot_err_deg": _round(float(errors[:, 2].mean()) if len(errors) else None),
+        "finetune_steps": report["finetune"]["steps"],
+        "sim_realtime_factor": round(realtime, 2),
     }
-    say(f"\n{len(windows)} complete windows, {len(batches)} batches of {args.batch}")
-    say(f"{'modality':<10} {'GW to consensus':>16}")
-    for m, d in summary["gw_to_consensus"].items():
-        say(f"{m:<10} {d:>16.6f}")
-    say(f"consensus (GW barycenter of {M} kernels, n={args.batch}): p50 {summary['consensus_ms_p50']} ms")
+    say("")
+    say(f"{'windows':<28}{summary['windows']}")
+    say(f"{'dropped windows':<28}{summary['dropped']}")
+    reasons = ", ".join(f"{k} {v}" for k, v in report["masked"].items())
+    say(f"{'masked modality entries':<28}{sum(report['masked'].values())}  ({reasons})")
+    say(f"{'simulation speed':<28}{summary['sim_realtime_factor']}x real time")
+    say(f"{'latency p50 / p99 (ms)':<28}{summary['latency_ms']['p50']} / {summary['latency_ms']['p99']}")
+    for name, value in learned.items():
+        say(f"{'λ ' + name:<28}{value}")
+    say(f"{'EE position error (mm)':<28}{summary['ee_pos_err_mm']}  ({len(errors)} windows scored)")
+    say(f"{'EE orientation error (deg)':<28}{summary['ee_rot_err_deg']}")
+    say(f"{'fine-tune steps':<28}{summary['finetune_steps']}")
+    say(f"plots: {', '.join(str(folder / w) for w in written)}")
     print(json.dumps(summary))
     return 0
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

@@ -313,6 +313,11 @@ class PerceptionPipeline:
         if trainer is not None:
             trainer.stop()
 
+    def learned_weights(self) -> dict[str, float]:
+        """The global modality weights lambda = softmax(logits) of the newest weights (fine-tuned or not)."""
+        model = self._tuner.model if self._tuner is not None else self.model
+        return {n: float(v) for n, v in zip(self.modalities, model.lambdas.detach(), strict=True)}
+
     @property
     def steps(self) -> int:
         """Optimisation steps behind the current weights (the checkpoint's and this run's)."""

@@ -73,12 +73,13 @@ def running(
         for node in extra:
             executor.add_node(node)
         thread.start()
-        for spec in graph(graph_name, config):
-            node = nodes[spec.name]
-            if spec.lifecycle and not autostart(node):
-                raise StartError(f"{spec.name}: {node.last_error}")
-            start = getattr(node, "start", None)
-            if callable(start):
+        specs = graph(graph_name, config)
+        for spec in specs:  # lifecycle nodes first: sources start once their consumers listen
+            if spec.lifecycle and not autostart(nodes[spec.name]):
+                raise StartError(f"{spec.name}: {nodes[spec.name].last_error}")
+        for spec in specs:
+            start = getattr(nodes[spec.name], "start", None)
+            if not spec.lifecycle and callable(start):
                 start()
         yield nodes
     finally:
