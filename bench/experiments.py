@@ -857,6 +857,8 @@ def main() -> None:
             results[name] = run()
             timings[name] = round(time.perf_counter() - start, 1)
             log(f"{name} took {timings[name]} s")
+            partial = {"meta": {"config": cfg, "experiment_s": timings, "partial": True}, **results}
+            (out / "results.json").write_text(json.dumps(partial, indent=1))  # survives an interrupted run
     wall = time.perf_counter() - t0
     meta = {
         "config": cfg,
