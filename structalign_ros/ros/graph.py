@@ -66,3 +66,34 @@ def graph(name: str, config: StructAlignConfig) -> list[NodeSpec]:
     if name not in GRAPHS:
         raise ValueError(f"unknown graph {name!r}; graphs are {sorted(GRAPHS)}")
     return GRAPHS[name](config)
+
+
+def launch_description(graph_name: str):  # -> launch.LaunchDescription (launch is not importable here)
+    """Graph ``graph_name`` as a ``launch`` description, for ``launch/*.launch.py``.
+
+    Every node gets the parameter file named by the launch argument ``config`` (default: the
+    package's ``config/structalign.yaml``) and then the graph's own values. The perception node
+    configures and activates itself (see :func:`~structalign_ros.ros.perception_node.main`).
+    """
+    from launch.actions import DeclareLaunchArgument
+    from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+    from launch_ros.actions import Node
+    from launch_ros.substitutions import FindPackageShare
+
+    from launch import LaunchDescription
+
+    default = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "structalign.yaml"])
+    config_file = LaunchConfiguration("config")
+    nodes = [
+        Node(
+            package=PACKAGE,
+            executable=spec.executable,
+            name=spec.name,
+            parameters=[config_file, spec.parameters],
+            remappings=list(spec.remappings),
+            output="screen",
+        )
+        for spec in graph(graph_name, StructAlignConfig())
+    ]
+    argument = DeclareLaunchArgument("config", default_value=default, description="ROS parameter file")
+    return LaunchDescription([argument, *nodes])
