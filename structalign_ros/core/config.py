@@ -25,6 +25,8 @@ MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
 # Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
 FRAME_KINDS = ("image", "depth")
 RELIABILITIES = ("best_effort", "reliable")
+# Parameters rclpy declares itself; a parameter file may set them beside the tree.
+ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # The simulated arm's joints (structalign_ros.core.sim), the default joint order.
 SIM_JOINTS = "shoulder_pan_joint,shoulder_lift_joint,elbow_joint,wrist_pitch_joint"
 
@@ -542,15 +544,27 @@ def _ros_parameters(doc: dict[str, Any], node: str | None) -> dict[str, Any]:
     raise ConfigError(f"no ros__parameters block for node {node!r}; found {blocks}")
 
 
-def load_yaml(path: str | Path, node: str | None = None) -> StructAlignConfig:
-    """Load a config from a ROS parameter file (``ros__parameters``) or a plain YAML tree."""
+def read_values(path: str | Path, node: str | None = None) -> dict[str, Any]:
+    """The values of a parameter file for ``node`` (its ``ros__parameters`` block, or ``/**``) or of a
+    plain YAML tree, as a nested mapping, unvalidated; ROS's own parameters (``use_sim_time``) included.
+    """
     with open(path, encoding="utf-8") as fh:
         doc = yaml.safe_load(fh) or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     is_ros = any(isinstance(v, dict) and "ros__parameters" in v for v in doc.values())
     data = _ros_parameters(doc, node) if is_ros else doc
-    return from_dict(unflatten(data) if any("." in k for k in data) else data)
+    return unflatten(data) if any("." in k for k in data) else data
+
+
+def load_yaml(path: str | Path, node: str | None = None) -> StructAlignConfig:
+    """Load a config from a ROS parameter file (``ros__parameters``) or a plain YAML tree.
+
+    ROS's own parameters in the file (:data:`ROS_OWN_PARAMETERS`) are not part of the tree and are
+    skipped here; the nodes pass them on to rclpy.
+    """
+    data = read_values(path, node)
+    return from_dict({k: v for k, v in data.items() if k not in ROS_OWN_PARAMETERS})
 
 
 def to_ros_yaml(config: StructAlignConfig, node: str = "/**") -> str:

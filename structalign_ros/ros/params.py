@@ -23,6 +23,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from structalign_ros.core.config import (
+    ROS_OWN_PARAMETERS,
     ConfigError,
     StructAlignConfig,
     describe,
@@ -31,9 +32,6 @@ from structalign_ros.core.config import (
     to_dict,
     unflatten,
 )
-
-# Parameters rclpy itself declares; not part of the configuration tree.
-ROS_OWN = ("use_sim_time", "start_type_description_service")
 
 
 def node_options() -> dict[str, Any]:
@@ -70,7 +68,7 @@ def declare_config(node: Node, defaults: StructAlignConfig | None = None) -> Str
         ConfigError: the given values do not make a valid configuration.
     """
     defaults = defaults if defaults is not None else StructAlignConfig()
-    given = {n: p.value for n, p in node.get_parameters_by_prefix("").items() if n not in ROS_OWN}
+    given = {n: p.value for n, p in node.get_parameters_by_prefix("").items() if n not in ROS_OWN_PARAMETERS}
     config = config_from_values(given, defaults)
     docs = describe(config)
     for name, value in flatten(to_dict(config)).items():
@@ -86,7 +84,7 @@ def declare_config(node: Node, defaults: StructAlignConfig | None = None) -> Str
 def read_config(node: Node, defaults: StructAlignConfig | None = None) -> StructAlignConfig:
     """The node's current parameter values as a validated config (after :func:`declare_config`)."""
     defaults = defaults if defaults is not None else StructAlignConfig()
-    values = {n: p.value for n, p in node.get_parameters_by_prefix("").items() if n not in ROS_OWN}
+    values = {n: p.value for n, p in node.get_parameters_by_prefix("").items() if n not in ROS_OWN_PARAMETERS}
     return config_from_values(values, defaults)
 
 
@@ -119,7 +117,7 @@ class LiveParameters:
         node.add_post_set_parameters_callback(self._commit)
 
     def _check(self, params: list[Parameter]) -> SetParametersResult:
-        fixed = sorted(p.name for p in params if p.name not in self.live and p.name not in ROS_OWN)
+        fixed = sorted(p.name for p in params if p.name not in self.live and p.name not in ROS_OWN_PARAMETERS)
         if fixed and self.running:
             self.refused += 1
             return SetParametersResult(
@@ -128,7 +126,7 @@ class LiveParameters:
                 f"deactivate, cleanup, set, configure); live parameters are {sorted(self.live)}",
             )
         values = flatten(to_dict(self._current()))
-        values.update({p.name: p.value for p in params if p.name not in ROS_OWN})
+        values.update({p.name: p.value for p in params if p.name not in ROS_OWN_PARAMETERS})
         try:
             self._pending = from_dict(unflatten(values))
         except ConfigError as exc:

@@ -25,7 +25,14 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from structalign_ros.core.config import StructAlignConfig, flatten, load_yaml, to_dict
+from structalign_ros.core.config import (
+    ROS_OWN_PARAMETERS,
+    StructAlignConfig,
+    flatten,
+    load_yaml,
+    read_values,
+    to_dict,
+)
 from structalign_ros.ros.graph import NodeSpec, graph
 from structalign_ros.ros.perception_node import autostart, responsive_threads
 
@@ -35,9 +42,13 @@ class StartError(RuntimeError):
 
 
 def node_parameters(config_file: str | Path | None, spec: NodeSpec) -> list[Parameter]:
-    """The parameters ``spec`` starts with: the file's values for its name, then the graph's own."""
+    """The parameters ``spec`` starts with: the file's values for its name (``use_sim_time``
+    included), then the graph's own."""
     config = load_yaml(config_file, spec.name) if config_file else StructAlignConfig()
     values = flatten(to_dict(config))
+    if config_file:
+        own = read_values(config_file, spec.name)
+        values.update({k: own[k] for k in ROS_OWN_PARAMETERS if k in own})
     values.update(spec.parameters)
     return [Parameter(name, value=value) for name, value in values.items()]
 

@@ -471,3 +471,30 @@ def test_checkpoints_survive_a_kill_mid_run(small_world, ros_env, ros_context, t
     assert steps == sorted(steps) and steps[-1] > steps[0]
     log = (tmp_path / "suite2.log").read_text()
     assert "removing the partial checkpoint" in log and "ckpt/last.pt (step" in log
+
+
+def test_use_sim_time_follows_the_played_clock(small_world, recorded, ros_env, topic_recorder, tmp_path):
+    """``use_sim_time`` from the parameter file and a player publishing ``/clock`` (as ``ros2 bag play
+    --clock`` does): the node's clock is the bag's, and its outputs still carry the camera stamps."""
+    import yaml
+
+    params = params_file(small_world, tmp_path)
+    doc = yaml.safe_load(params.read_text())
+    doc["/**"]["ros__parameters"]["use_sim_time"] = True
+    params.write_text(yaml.safe_dump(doc))
+    recorder = topic_recorder(outputs_topics())
+    suite = start(["run", "--config", str(params)], ros_env, tmp_path / "suite.log")
+    try:
+        log = tmp_path / "suite.log"
+        assert wait_until(lambda: "running structalign_perception" in log.read_text(), START_TIMEOUT_S)
+        player = start(["play", "--clock", str(small_world.bag)], ros_env, tmp_path / "play.log")
+        assert player.wait(60) == 0
+        time.sleep(1.5)
+    finally:
+        log = stop(suite, tmp_path / "suite.log")
+    got = recorder.snapshot()
+    assert got[f"{PREFIX}/ee_pose"] and {r.stamp_ns for r in got[f"{PREFIX}/ee_pose"]} <= recorded, log
+    # diagnostics are stamped with the node's clock: bag time (seconds), not wall time (~1.8e9 s)
+    bag_end = max(recorded)
+    stamped = [r.stamp_ns for r in got["/diagnostics"] if r.stamp_ns > 0]
+    assert stamped and all(s <= bag_end + 1_000_000_000 for s in stamped)
