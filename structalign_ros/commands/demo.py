@@ -94,39 +94,33 @@ def _plots(folder: Path, monitor: Monitor, errors: np.ndarray, latency_ms: np.nd
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     with monitor.lock:
         weights, names = list(monitor.weights), list(monitor.names)
+    figures = []
     if weights:
-        t0 = weights[0][1]
-        t = np.array([(s - t0) * 1e-9 for _, s, _ in weights])
+        t = np.array([(s - weights[0][1]) * 1e-9 for _, s, _ in weights])
         lam = np.array([w for _, _, w in weights])
         fig, ax = plt.subplots(figsize=(8, 4))
         for m, name in enumerate(names):
             ax.plot(t, lam[:, m], label=name, lw=1)
         ax.set(xlabel="time (s)", ylabel="λ (per window)", title="Modality weights")
         ax.legend(ncol=3, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "weights.png", dpi=110)
-        plt.close(fig)
-        written.append("weights.png")
+        figures.append(("weights.png", fig))
     if len(errors):
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.plot(errors[:, 0] - errors[0, 0], errors[:, 1], lw=1)
         ax.set(xlabel="time (s)", ylabel="position error (mm)", title="End-effector pose error")
-        fig.tight_layout()
-        fig.savefig(folder / "ee_error.png", dpi=110)
-        plt.close(fig)
-        written.append("ee_error.png")
+        figures.append(("ee_error.png", fig))
     if len(latency_ms):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.hist(latency_ms, bins=50)
         ax.set(xlabel="pivot frame arrival -> outputs published (ms)", ylabel="windows", title="Latency")
+        figures.append(("latency.png", fig))
+    for name, fig in figures:
         fig.tight_layout()
-        fig.savefig(folder / "latency.png", dpi=110)
+        fig.savefig(folder / name, dpi=110)
         plt.close(fig)
-        written.append("latency.png")
-    return written
+    return [name for name, _ in figures]
 
 
 def run(args: argparse.Namespace) -> int:
