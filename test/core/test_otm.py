@@ -2,6 +2,7 @@
 
 import numpy as np
 import ot
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +10,15 @@ from structalign_ros.core.kernels import cosine_kernel
 from structalign_ros.core.models import ModelOutput
 from structalign_ros.core.objectives import OTM
 from structalign_ros.core.ot import fgw_value
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small solves on a shared 2-core machine: OpenMP threads spin-wait on each other (docs/OT.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class _Batch:
