@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import itertools
 import json
 import os
@@ -203,7 +202,8 @@ def _run(args: argparse.Namespace) -> int:
 
     rank, world, device = _init_distributed(args.device)
     main = rank == 0
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, checkpoint_dir=str(run_dir)))
+    # RUN is where this command writes (Trainer.save); config.train.checkpoint_dir is left as it was,
+    # because it travels inside the checkpoint and names the live node's fine-tuning directory.
     tc = config.train
     seed_everything(tc.seed)
     steps_per_epoch = max(1, windows // world // tc.batch_size)

@@ -91,6 +91,7 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     assert "pose_pos_mae" in summary["val"]
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.step == 3 and ckpt.config.objective.pose_weight == 1.0
+    assert ckpt.config.train.checkpoint_dir == ""  # RUN is not baked into the shipped config
     assert (run / "last.onnx").stat().st_size > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
