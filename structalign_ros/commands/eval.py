@@ -80,10 +80,11 @@ def format_table(report: dict[str, Any]) -> str:
         acc, maj, pos = res["accuracy"], res["majority"], res["positive_rate"]
         lines.append(f"{name:<14} {acc:>9.3f} {maj:>9.3f} {pos:>9.3f} {res['n']:>6}")
     lines.append("")
-    lines.append(f"{'retrieval':<22} {'mAP':>7} {'R@1':>7} {'chance':>7} {'n':>5}")
+    lines.append(f"{'retrieval':<22} {'mAP':>7} {'R@1':>7} {'chance':>7} {'R@1 250ms':>10} {'n':>5}")
     for pair, res in report["retrieval"].items():
+        tol = f"{res['R@1_tol']:>10.3f}" if "R@1_tol" in res else f"{'-':>10}"
         lines.append(
-            f"{pair:<22} {res['mAP']:>7.3f} {res['R@1']:>7.3f} {res['chance_R@1']:>7.3f} {res['n']:>5}"
+            f"{pair:<22} {res['mAP']:>7.3f} {res['R@1']:>7.3f} {res['chance_R@1']:>7.3f} {tol} {res['n']:>5}"
         )
     lines.append("")
     lines.append(f"{'geometry':<22} {'NP':>7} {'GW':>9} {'n':>5}")

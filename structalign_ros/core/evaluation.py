@@ -57,6 +57,8 @@ from structalign_ros.core.rotations import geodesic_angle, quaternion_to_matrix,
 CONTACT_FORCE_N = 0.5
 # Object speed (m/s) above which it is being pushed: above the < 8 mm/s shaking of a press.
 CONTACT_SPEED_MPS = 0.01
+# Retrieval's R@1_tol counts a gallery window this close in time (same episode) as a hit.
+RETRIEVAL_TOLERANCE_NS = 250_000_000
 # Half-width of the central difference used for the object speed.
 SPEED_HALF_SPAN_NS = 25_000_000
 
@@ -161,16 +163,26 @@ def _even(n: int, limit: int) -> Tensor:
 
 
 def retrieval(
-    embeddings: Tensor, mask: Tensor, modalities: Sequence[str], max_windows: int = 512
+    embeddings: Tensor,
+    mask: Tensor,
+    modalities: Sequence[str],
+    max_windows: int = 512,
+    *,
+    stamps_ns: Tensor | None = None,
+    groups: Tensor | None = None,
+    tolerance_ns: int = RETRIEVAL_TOLERANCE_NS,
 ) -> dict[str, dict[str, float]]:
     """mAP and R@1 for every ordered pair ``query->gallery`` over the windows where both are present.
 
     Args:
         embeddings: ``(N, M, d)``; mask: ``(N, M)`` bool; modalities: the M names.
         max_windows: windows used per pair, spread evenly in time (see the module docstring).
+        stamps_ns, groups: ``(N,)`` window stamps and episode indices; with them, ``R@1_tol`` also
+            counts a retrieved window of the same episode within ``tolerance_ns`` of the query as a
+            hit (the same moment of the task, not only the same window).
 
     Returns:
-        ``{"a->b": {"mAP", "R@1", "n", "chance_R@1"}}``.
+        ``{"a->b": {"mAP", "R@1", "n", "chance_R@1"[, "R@1_tol"]}}``.
     """
     out: dict[str, dict[str, float]] = {}
     for a, b in itertools.permutations(range(len(modalities)), 2):
@@ -180,13 +192,22 @@ def retrieval(
             continue
         q, g = embeddings[rows, a], embeddings[rows, b]
         sims = F.normalize(q.double(), dim=-1) @ F.normalize(g.double(), dim=-1).T
-        r1 = float((sims.argmax(1) == torch.arange(len(rows))).double().mean())
-        out[f"{modalities[a]}->{modalities[b]}"] = {
+        best = sims.argmax(1)
+        res = {
             "mAP": mean_average_precision(q, g),
-            "R@1": r1,
+            "R@1": float((best == torch.arange(len(rows))).double().mean()),
             "n": len(rows),
             "chance_R@1": 1.0 / len(rows),
         }
+        if stamps_ns is not None:
+            same = (
+                torch.ones(len(rows), dtype=torch.bool)
+                if groups is None
+                else groups[rows] == groups[rows][best]
+            )
+            near = (stamps_ns[rows] - stamps_ns[rows][best]).abs() <= tolerance_ns
+            res["R@1_tol"] = float((same & near).double().mean())
+        out[f"{modalities[a]}->{modalities[b]}"] = res
     return out
 
 
@@ -299,6 +320,7 @@ class Collected:
         pose: ``(N, 7)`` ground truth, NaN rows for windows without one; None when none had one.
         contact: ``(N,)`` labels from :func:`contact_labels`.
         groups: ``(N,)`` episode index of every window.
+        stamps_ns: ``(N,)`` pivot stamps, or None when some batch had none.
     """
 
     out: ModelOutput
@@ -307,6 +329,7 @@ class Collected:
     pose: Tensor | None
     contact: Tensor
     groups: Tensor
+    stamps_ns: Tensor | None = None
 
 
 def _predict(model: Any, batch: Batch) -> ModelOutput:
@@ -338,7 +361,7 @@ def collect(
             ``(B,)``); a bare batch is episode 0 with tactile-only contact.
     """
     outs: list[ModelOutput] = []
-    masks, poses, contacts, groups = [], [], [], []
+    masks, poses, contacts, groups, stamps = [], [], [], [], []
     modalities: tuple[str, ...] = ()
     for item in batches:
         batch, speed, group = item if isinstance(item, tuple) else (item, None, 0)
@@ -349,6 +372,7 @@ def collect(
         poses.append(unknown if batch.pose is None else batch.pose.cpu().float())
         contacts.append(contact_labels(batch, speed))
         groups.append(torch.as_tensor(group, dtype=torch.long).expand(len(batch)))
+        stamps.append(batch.stamps_ns.cpu() if len(batch.stamps_ns) == len(batch) else None)
     if not outs:
         raise ValueError("no windows to evaluate")
     out = ModelOutput(*(torch.cat(parts) for parts in zip(*outs, strict=True)))
@@ -361,6 +385,7 @@ def collect(
         pose if labelled.any() else None,
         torch.cat(contacts),
         torch.cat(groups),
+        None if any(t is None for t in stamps) else torch.cat(stamps).long(),
     )
 
 
@@ -401,7 +426,9 @@ def evaluate(
         "modalities": list(names),
         "pose": None if data.pose is None else pose_errors(data.out.pose[labelled], data.pose[labelled]),
         "contact": contact,
-        "retrieval": retrieval(data.out.embeddings, data.mask, names, max_windows),
+        "retrieval": retrieval(
+            data.out.embeddings, data.mask, names, max_windows, stamps_ns=data.stamps_ns, groups=data.groups
+        ),
         "geometry": geometry(data.out.embeddings, data.mask, names, k, geometry_windows),
         "lambda": None if lambdas is None else dict(zip(names, map(float, lambdas), strict=True)),
         "lambda_mean": dict(zip(names, map(float, data.out.weights.mean(0)), strict=True)),

@@ -73,6 +73,19 @@ def test_retrieval_covers_every_ordered_pair_with_both_present():
     assert retrieval(z, mask, ("a", "b", "c"))["a->b"]["R@1"] == 1.0
 
 
+def test_retrieval_with_a_time_tolerance_counts_neighbouring_windows():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(20, 2, 8, generator=g)
+    z[:, 1] = z[:, 0].roll(1, dims=0)  # window i's gallery twin is stored at row i + 1 (33 ms later)
+    stamps = torch.arange(20) * 33_000_000
+    mask = torch.ones(20, 2, dtype=torch.bool)
+    res = retrieval(z, mask, ("a", "b"), stamps_ns=stamps, groups=torch.zeros(20, dtype=torch.long))["a->b"]
+    assert res["R@1"] == 0.0
+    assert res["R@1_tol"] == 19 / 20  # row 19's twin wrapped round to row 0, 627 ms away
+    other = retrieval(z, mask, ("a", "b"), stamps_ns=stamps, groups=torch.arange(20))["a->b"]
+    assert other["R@1_tol"] == 0.0  # a neighbour in another episode is no hit
+
+
 def test_contact_probe_tests_on_held_out_episodes():
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (60,), generator=g)
