@@ -663,7 +663,20 @@ def plots(results: dict, out: Path) -> list[str]:
         plt.close(fig)
         written.append(str(out / name))
 
-    r = results["E1"]
+    if "E1" in results:
+        plot_e1(results["E1"], plt, save)
+    if "E2" in results:
+        plot_e2(results["E2"], plt, save)
+    if "E3" in results:
+        plot_e3(results["E3"], plt, save)
+    if "E4" in results:
+        plot_e4(results["E4"]["ee_mm"], plt, save)
+    if "E5" in results:
+        plot_e5(results["E5"], plt, save)
+    return written
+
+
+def plot_e1(r, plt, save) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     arms = ("base", "gw", "gw_shuffled")
     for ax, key, label in (
@@ -686,7 +699,9 @@ def plots(results: dict, out: Path) -> list[str]:
     fig.suptitle("E1: +GW regulariser vs base objective (mean ± std over seeds)")
     save(fig, "e1_gw_regulariser.png")
 
-    r = results["E2"]["lambdas"]
+
+def plot_e2(e2, plt, save) -> None:
+    r = e2["lambdas"]
     names = list(r)
     fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names), 2.8), sharey=True)
     for ax, n in zip(axes, names, strict=True):
@@ -701,13 +716,14 @@ def plots(results: dict, out: Path) -> list[str]:
                 capsize=2,
             )
         ax.axhline(1 / len(names), color="grey", lw=0.5)
-        ax.set_title(f"{n} (rho {results['E2']['spearman'][n]:+.2f})", fontsize=9)
+        ax.set_title(f"{n} (rho {e2['spearman'][n]:+.2f})", fontsize=9)
         ax.set_xlabel("severity")
     axes[0].set_ylabel("lambda of the corrupted modality")
     axes[0].legend(fontsize=7)
     save(fig, "e2_lambda_vs_corruption.png")
 
-    r = results["E3"]
+
+def plot_e3(r, plt, save) -> None:
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     ax.loglog(r["m"], r["barycenter_ms"], "o-", label=f"barycenter (slope {r['slope_barycenter']:.2f})")
     ax.loglog(r["m"], r["pairwise_gw_ms"], "s-", label=f"pairwise GW (slope {r['slope_pairwise']:.2f})")
@@ -717,7 +733,8 @@ def plots(results: dict, out: Path) -> list[str]:
     ax.legend(fontsize=8)
     save(fig, "e3_scaling.png")
 
-    r = results["E4"]["ee_mm"]
+
+def plot_e4(r, plt, save) -> None:
     conds = list(dict.fromkeys(k.split("|")[1] for k in r if "train:" not in k))
     arms4 = list(dict.fromkeys(k.split("|")[0] for k in r if "train:" not in k))
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(conds)), 3.4))
@@ -733,7 +750,8 @@ def plots(results: dict, out: Path) -> list[str]:
     ax.set_title("E4: missing / noisy modality at test time")
     save(fig, "e4_otm_robustness.png")
 
-    r = results["E5"]
+
+def plot_e5(r, plt, save) -> None:
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     fr = r["fractions"]
     for arm in ("gram", "mover"):
@@ -749,7 +767,6 @@ def plots(results: dict, out: Path) -> list[str]:
     ax.set_ylabel("retrieval mAP (held out)")
     ax.legend(fontsize=8)
     save(fig, "e5_retrieval.png")
-    return written
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -871,9 +888,9 @@ def main() -> None:
         "threads": args.threads,
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+    for path in plots(results, out):
+        log(f"wrote {path}")
     if len(results) == 5:
-        for path in plots(results, out):
-            log(f"wrote {path}")
         print(f"\nwall time {wall:.0f} s (data {data_s:.0f} s), load {os.getloadavg()}")
         print(json.dumps(compact(results)))
     else:
