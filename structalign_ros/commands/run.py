@@ -22,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    from structalign_ros.core.config import StructAlignConfig, load_yaml
+    from structalign_ros.ros.graph import graph
     from structalign_ros.ros.run import StartError, running
 
     # Ctrl-C and SIGTERM stop the graph here, in order (deactivate, checkpoint, shut down), before
@@ -31,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        with running(args.graph, args.config) as nodes:
+        config = load_yaml(args.config) if args.config else StructAlignConfig()
+        with running(graph(args.graph, config), args.config) as nodes:
             print(f"running {', '.join(nodes)}; Ctrl-C stops", flush=True)
             stop.wait(args.seconds)
-    except StartError as exc:
+    except (StartError, ValueError) as exc:  # ValueError: a bad config file or graph name
         print(f"structalign run: {exc}", file=sys.stderr)
         return 1
     finally:

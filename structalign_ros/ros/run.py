@@ -33,7 +33,7 @@ from structalign_ros.core.config import (
     read_values,
     to_dict,
 )
-from structalign_ros.ros.graph import NodeSpec, graph
+from structalign_ros.ros.graph import NodeSpec
 from structalign_ros.ros.perception_node import autostart, responsive_threads
 
 
@@ -61,9 +61,10 @@ def build(spec: NodeSpec, config_file: str | Path | None) -> Node:
 
 @contextmanager
 def running(
-    graph_name: str, config_file: str | Path | None = None, extra: Sequence[Node] = ()
+    specs: Sequence[NodeSpec], config_file: str | Path | None = None, extra: Sequence[Node] = ()
 ) -> Iterator[dict[str, Any]]:
-    """Build, start and spin graph ``graph_name``; yields ``{node name: node}``.
+    """Build, start and spin the nodes of ``specs`` (see :func:`~structalign_ros.ros.graph.graph`);
+    yields ``{node name: node}``.
 
     ``extra`` nodes (monitors, test probes) spin on the same executor. On exit the lifecycle nodes are
     shut down (checkpointing), the executor stopped and every node destroyed. rclpy must be
@@ -73,18 +74,16 @@ def running(
         StartError: a lifecycle node failed to configure or activate (its reason is in the message).
     """
     responsive_threads()
-    config = load_yaml(config_file) if config_file else StructAlignConfig()
     nodes: dict[str, Any] = {}
     executor = SingleThreadedExecutor()
     thread = threading.Thread(target=executor.spin, name="structalign-executor", daemon=True)
     try:
-        for spec in graph(graph_name, config):
+        for spec in specs:
             nodes[spec.name] = build(spec, config_file)
             executor.add_node(nodes[spec.name])
         for node in extra:
             executor.add_node(node)
         thread.start()
-        specs = graph(graph_name, config)
         for spec in specs:  # lifecycle nodes first: sources start once their consumers listen
             if spec.lifecycle and not autostart(nodes[spec.name]):
                 raise StartError(f"{spec.name}: {nodes[spec.name].last_error}")

@@ -47,4 +47,6 @@ def test_demo_runs_the_whole_suite_on_the_simulated_robot(small_world, ros_env, 
     # scored against the simulator's ground truth with the same stamp: a finite error (untrained model)
     assert math.isfinite(summary["ee_pos_err_mm"]) and summary["ee_pos_err_mm"] > 0
     assert summary["finetune_steps"] > 0  # fine-tuning is on in the demo
-    assert {p.name for p in (tmp_path / "run").iterdir()} == {"weights.png", "ee_error.png", "latency.png"}
+    assert {"weights.png", "ee_error.png", "latency.png", "sim.log"} == {
+        p.name for p in (tmp_path / "run").iterdir()
+    }
