@@ -110,7 +110,7 @@ def default_model_path() -> Path:
         try:
             share = Path(get_package_share_directory("structalign_ros"))
             candidates.insert(0, share / "models" / DEFAULT_MODEL)
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset (pip install)
             pass
     except ImportError:
         pass
