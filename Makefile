@@ -50,9 +50,9 @@ model: setup
 	for s in $(MODEL_SEEDS); do $(BIN)/structalign sim --seconds 40 --seed $$s --out $(MODEL_DIR)/ep$$s || exit 1; done
 	$(BIN)/structalign sim --seconds 20 --seed 107 --out $(MODEL_DIR)/ep107
 	$(BIN)/structalign train --bags $(MODEL_SEEDS:%=$(MODEL_DIR)/ep%) --val-fraction 0.17 --val-batches 4 \
-	  --pose-weight 20 --batch-size 64 --steps 700 --checkpoint-every 100 --threads 1 --out $(MODEL_DIR)/run
-	cp $(MODEL_DIR)/run/last.pt models/sim_default.pt
-	cp $(MODEL_DIR)/run/last.onnx models/sim_default.onnx
+	  --pose-weight 20 --batch-size 64 --steps 1100 --checkpoint-every 100 --threads 1 --out $(MODEL_DIR)/run
+	install -m 644 $(MODEL_DIR)/run/last.pt models/sim_default.pt
+	install -m 644 $(MODEL_DIR)/run/last.onnx models/sim_default.onnx
 	$(BIN)/structalign eval --bags $(MODEL_DIR)/ep106 $(MODEL_DIR)/ep107 --model models/sim_default.pt \
 	  --out $(MODEL_DIR)/eval --threads 1
 
