@@ -139,18 +139,21 @@ def _check_stream(run: SimRun, kind: str, episodes: bool) -> None:
     # sampled at its rate in simulated time: the median stamp step is one period (30 Hz: 33/34 steps)
     period = statistics.median(b - a for a, b in itertools.pairwise(stamps)) / 1e9
     assert period == pytest.approx(1 / rate, rel=0.05), kind
-    late = f"{kind}: the node said:\n{run.output}"
+    # Real time where the machine allows it; on an oversubscribed machine the node may fall behind,
+    # but then it must say so (it publishes everything, late, and warns) rather than lag silently.
+    said_behind = "behind real time" in run.output
+    late = f"{kind}: late without a warning; the node said:\n{run.output}"
+    start, end = run.window
     if not episodes:  # (each new episode waits for its robot to be built: a gap in the stamps)
         # nothing lost: no step longer than a period (plus the 30 Hz rounding)
         assert max(b - a for a, b in itertools.pairwise(stamps)) <= 1e9 / rate + STEP_NS, kind
         # and delivered in real time: the count over the recording window matches the rate
-        start, end = run.window
         arrived = sum(1 for r in items if start <= r.recv_mono < end)
-        assert arrived == pytest.approx(rate * (end - start), rel=0.25), f"{arrived} arrived; {late}"
-    # stamps are on the ROS clock: the node publishes when the ROS clock reaches the stamp
+        assert said_behind or arrived == pytest.approx(rate * (end - start), rel=0.25), late
+    # stamps are on the ROS clock: the node publishes when the ROS clock reaches the stamp, never before
     delay_s = [(r.recv_ros_ns - r.stamp_ns) / 1e9 for r in items]
     assert min(delay_s) > -0.01, f"{kind}: arrived before its stamp (faster than real time)"
-    assert statistics.median(delay_s) < 0.25, late
+    assert said_behind or statistics.median(delay_s) < 0.25, late
     assert {r.frame_id for r in items} == {FRAMES.get(kind, "")}, kind
 
 
@@ -207,7 +210,7 @@ def test_episodes_restart_with_increasing_stamps(file_run: SimRun) -> None:
         if abs(pa.x - pb.x) + abs(pa.y - pb.y) + abs(pa.z - pb.z) > 0.005:
             jumps += 1
             assert b.stamp_ns > a.stamp_ns
-            assert b.stamp_ns - a.stamp_ns < 0.5e9, "more than a robot build between episodes"
+            assert b.stamp_ns - a.stamp_ns < 2e9, "more than a robot build between episodes"
     assert jumps >= 2, f"{jumps} episode changes in {COLLECT_S} s of 1 s episodes"
 
 
