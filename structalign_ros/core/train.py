@@ -85,7 +85,7 @@ def train_step(
             loss = loss + pose_weight * sup
             metrics.update(sup_metrics)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not torch.isfinite(loss):
+    if not _finite_everywhere(loss):
         optimizer.zero_grad(set_to_none=True)
         return {**metrics, "loss": float(loss.detach()), "grad_norm": float("nan"), "skipped": 1.0}
     loss.backward()
@@ -95,6 +95,15 @@ def train_step(
         return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 1.0}
     optimizer.step()
     return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 0.0}
+
+
+def _finite_everywhere(loss: Tensor) -> bool:
+    """Whether ``loss`` is finite on this process and, under DistributedDataParallel, on every rank:
+    a rank that skipped ``backward`` alone would leave the others waiting in the gradient all-reduce."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def step_options(config: StructAlignConfig) -> dict[str, Any]:
@@ -158,6 +167,10 @@ def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; a checkpoint is read by other users' nodes (umask decides)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()

@@ -20,4 +20,5 @@ def pose_loss(pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
     pos_err = pred[:, :3] - target[:, :3]
     angle = geodesic_angle(rotation_6d_to_matrix(pred[:, 3:]), quaternion_to_matrix(target[:, 3:]))
     loss = (pos_err * pos_err).sum(-1).mean() + angle.mean()
-    return loss, {"pose_pos_mae": float(pos_err.abs().mean()), "pose_rot_deg": float(angle.mean().rad2deg())}
+    pos_mae, rot_deg = pos_err.detach().abs().mean(), angle.detach().mean().rad2deg()
+    return loss, {"pose_pos_mae": float(pos_mae), "pose_rot_deg": float(rot_deg)}
