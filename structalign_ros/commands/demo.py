@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'masked modality entries':<28}{sum(report['masked'].values())}  ({reasons})")
     say(f"{'simulation speed':<28}{summary['sim_realtime_factor']}x real time")
     say(f"{'latency p50 / p99 (ms)':<28}{summary['latency_ms']['p50']} / {summary['latency_ms']['p99']}")
+    stages = ", ".join(f"{k} {v['p50']:.1f}" for k, v in report["latency_ms"].items() if k != "end_to_end")
+    say(f"{'  stage p50 (ms)':<28}{stages}")
     for name, value in learned.items():
         say(f"{'λ ' + name:<28}{value}")
     say(f"{'EE position error (mm)':<28}{summary['ee_pos_err_mm']}  ({len(errors)} windows scored)")
