@@ -18,7 +18,7 @@ def small_config(**sections) -> StructAlignConfig:
         "model": {"embed_dim": 16, "width": 8, "image_size": 16},
         "objective": {"name": "unioma", "tck_members": 4, "gw_iterations": 3, "sinkhorn_iterations": 10},
         "train": {"batch_size": 8, "min_replay": 8, "replay_capacity": 64, "swap_period_s": 0.2},
-        "runtime": {"threads": 1},
+        "runtime": {"backend": "torch", "threads": 1},
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)

@@ -73,7 +73,7 @@ def test_torch_and_onnx_predictors_share_one_signature(world, tmp_path):
     model = fitted_model(world)
     export_onnx(model, world.batch(2, seed=1)[0], tmp_path / "m.onnx")
     batch, _ = world.batch(4, seed=4)
-    a = Predictor.from_config(RuntimeConfig(), model)(batch)
+    a = Predictor.from_config(RuntimeConfig(backend="torch"), model)(batch)
     b = Predictor.from_onnx((tmp_path / "m.onnx").read_bytes(), providers="CPUExecutionProvider")(batch)
     assert type(a) is type(b) and a._fields == b._fields
     assert all(x.dtype == y.dtype and x.shape == y.shape for x, y in zip(a, b, strict=True))
@@ -89,7 +89,7 @@ def test_provider_resolution():
     with pytest.raises(ValueError, match="TensorrtExecutionProvider"):
         resolve_providers("TensorrtExecutionProvider,CPUExecutionProvider", available)
     with pytest.raises(ValueError, match="needs a model"):
-        Predictor.from_config(RuntimeConfig())
+        Predictor.from_config(RuntimeConfig(backend="torch"))
     with pytest.raises(ValueError, match="needs onnx_path or a model"):
         Predictor.from_config(RuntimeConfig(backend="onnx"))
 
