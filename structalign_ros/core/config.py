@@ -352,14 +352,16 @@ class RuntimeConfig:
             exported in memory at start-up.
         providers: comma-separated ONNX Runtime execution providers in order of preference, or
             ``auto`` (TensorRT, then CUDA, then CPU, whichever this onnxruntime build offers).
-        threads: intra-op threads of either backend; the node shares the machine with the trainer.
+        threads: intra-op threads of either backend. 1 by default: the node shares the machine with
+            its sensor reader and the online trainer, and on a 2-core computer a second intra-op thread
+            mostly waits for a core (two OpenMP threads once made a GW barycenter 170x slower there).
     """
 
     backend: str = "onnx"
     device: str = "auto"
     onnx_path: str = ""
     providers: str = "auto"
-    threads: int = 2
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -170,6 +170,9 @@ def _make_session(onnx_model: str | Path | bytes, providers: str, threads: int) 
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    # idle intra-op threads must sleep, not spin: the node shares its cores with the sensor reader
+    # and the online trainer
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = resolve_providers(providers, ort.get_available_providers())
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     return ort.InferenceSession(source, sess_options=opts, providers=wanted)
