@@ -55,13 +55,29 @@ def params_file(world, tmp_path: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+_children: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Whatever a test does or fails to do, none of the processes it started outlives it."""
+    yield
+    while _children:
+        proc = _children.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "structalign_ros.cli", *args],
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    _children.append(proc)
+    return proc
 
 
 def stop(proc: subprocess.Popen, log: Path) -> str:
@@ -339,6 +355,7 @@ def test_a_missing_or_corrupt_model_fails_configure_and_the_node_stays_up(
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    _children.append(node)
     services = Services(ros_context)
     try:
         assert wait_until(lambda: "configure failed" in log.read_text(), START_TIMEOUT_S)
@@ -451,21 +468,25 @@ def test_checkpoints_survive_a_kill_mid_run(small_world, ros_env, ros_context, t
     for attempt in range(3):
         log = tmp_path / f"suite{attempt}.log"
         suite = start(["run", "--config", str(params)], ros_env, log)
-        # the killed run's subscriptions stay known to DDS for a while: wait for this run's own
-        started = lambda log=log: "running structalign_perception" in log.read_text()  # noqa: E731
-        assert wait_until(started, START_TIMEOUT_S)
-        publisher = Publisher(ros_context, small_world, rate=2.0).start()
-        assert wait_until(
-            lambda: (
-                (folder / "last.pt").exists()
-                and load_checkpoint(folder / "last.pt").step > (steps[-1] if steps else 0)
-            ),
-            60,
-        ), log.read_text()
-        time.sleep(0.37 * (attempt + 1))
-        suite.kill()
-        suite.wait()
-        publisher.close()
+        publisher = None
+        try:
+            # the killed run's subscriptions stay known to DDS for a while: wait for this run's own
+            started = lambda log=log: "running structalign_perception" in log.read_text()  # noqa: E731
+            assert wait_until(started, START_TIMEOUT_S)
+            publisher = Publisher(ros_context, small_world, rate=2.0).start()
+            assert wait_until(
+                lambda: (
+                    (folder / "last.pt").exists()
+                    and load_checkpoint(folder / "last.pt").step > (steps[-1] if steps else 0)
+                ),
+                60,
+            ), log.read_text()
+            time.sleep(0.37 * (attempt + 1))
+        finally:
+            suite.kill()  # never left running, whatever failed
+            suite.wait()
+            if publisher is not None:
+                publisher.close()
         steps.append(load_checkpoint(folder / "last.pt").step)  # raises if the kill left it damaged
         (folder / ".last.pt.leftover.tmp").write_bytes(b"partial")  # what a kill during a write leaves
     assert steps == sorted(steps) and steps[-1] > steps[0]
