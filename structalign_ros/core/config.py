@@ -250,6 +250,9 @@ class ObjectiveConfig:
             term: an entropy prior ``- lambda_entropy * H(lambda)``. With it the optimal weights are
             ``softmax(-alpha * d_gw / lambda_entropy)``: they still move away from a modality whose
             structure disagrees, but never all the way to one modality.
+        otm_aligned: OTM only: whether a batch's rows are paired across modalities (the same
+            moment). False for unaligned data: the barycenter starts from product plans and each
+            modality is reconstructed through its transport plan instead of row by row.
         kernel_image_size: frames are average-pooled to this side before the RBF input kernel.
         tck_members: ensemble size of the time-series cluster kernel.
         tck_max_clusters: each member draws its number of mixture components from ``2..this``.
@@ -264,6 +267,7 @@ class ObjectiveConfig:
     sinkhorn_iterations: int = 30
     pose_weight: float = 0.0
     lambda_entropy: float = 0.01
+    otm_aligned: bool = True
     kernel_image_size: int = 16
     tck_members: int = 30
     tck_max_clusters: int = 6

@@ -118,3 +118,12 @@ def test_unaligned_mode_on_paired_rows_finds_the_identity_and_matches_the_aligne
     assert all(torch.equal(p.argmax(0), torch.arange(24)) for p in plans)
     a, u = aligned(out, batch, lambdas), unaligned(out, batch, lambdas)
     assert abs(a.metrics["reconstruction"] - u.metrics["reconstruction"]) < 0.05
+
+
+def test_the_config_selects_the_unaligned_mode():
+    from structalign_ros.core.config import ObjectiveConfig
+    from structalign_ros.core.objectives import build_objective
+
+    kinds = {"a": "imu", "b": "wrench"}
+    assert build_objective(ObjectiveConfig(name="otm"), kinds, 8).aligned
+    assert not build_objective(ObjectiveConfig(name="otm", otm_aligned=False), kinds, 8).aligned

@@ -72,4 +72,5 @@ def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: i
         epsilon=cfg.epsilon,
         gw_iterations=cfg.gw_iterations,
         sinkhorn_iterations=cfg.sinkhorn_iterations,
+        aligned=cfg.otm_aligned,
     )
