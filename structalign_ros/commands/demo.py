@@ -96,9 +96,18 @@ class Monitor:
                 continue
             gt = truth[int(near)]
             pos_mm = 1000.0 * float(np.linalg.norm(pose[:3] - gt[:3]))
-            dot = min(1.0, abs(float(np.dot(pose[3:], gt[3:]))))
-            rows.append((stamp * 1e-9, pos_mm, float(np.degrees(2 * np.arccos(dot)))))
+            rows.append((stamp * 1e-9, pos_mm, _angle_deg(pose[3:], gt[3:])))
         return np.array(rows).reshape(-1, 3)
+
+
+def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
+    """Rotation angle between two ``[x, y, z, w]`` quaternions (the pipeline's and eval's measure)."""
+    import torch
+
+    from structalign_ros.core.rotations import geodesic_angle, quaternion_to_matrix
+
+    R1, R2 = (quaternion_to_matrix(torch.from_numpy(q).double()) for q in (q1, q2))
+    return float(torch.rad2deg(geodesic_angle(R1, R2)))
 
 
 def _plots(folder: Path, monitor: Monitor, errors: np.ndarray, latency_ms: np.ndarray) -> list[str]:

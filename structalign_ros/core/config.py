@@ -115,9 +115,9 @@ class WindowConfig:
         reorder_s: samples arriving out of order by up to this much are sorted in; older ones are
             dropped and counted. Windows wait this long past ``t`` for late samples, so it must not
             exceed ``timeout_s``. It sets a latency floor: a window completes at the first sample of
-            every stream later than ``t + reorder_s`` (with 100 Hz tactile, 3 ms gives about 8 ms at
-            the median, 10 ms gave 16 ms). The live node feeds each drained batch in stamp order, so
-            a stream's own samples rarely arrive out of order.
+            every stream later than ``t + reorder_s`` (with 100 Hz tactile, 3 ms gives 9 ms at the
+            median and 10 ms gave 16 ms, measured by ``bench/bench_node.py``). The live node feeds
+            each drained batch in stamp order, so a stream's own samples rarely arrive out of order.
         reset_s: a stamp this far behind the newest one is a clock jump (a bag looping, a new bag):
             every buffer is cleared.
         max_gap_s: a stream with a gap longer than this (or than 3 of its periods, or one resampling

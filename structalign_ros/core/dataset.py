@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +74,15 @@ def _labelled(
         return
     report.windows += 1
     report.complete_windows += all(window.mask.values())
-    pose = None
-    if poses:
-        stamp, value = min(poses, key=lambda p: abs(p[0] - window.stamp_ns))
-        if abs(stamp - window.stamp_ns) <= POSE_TOLERANCE_NS:
-            pose = value
-    yield window, pose
+    yield window, nearest_pose(poses, window.stamp_ns)
+
+
+def nearest_pose(poses: Iterable[tuple[int, np.ndarray]], stamp_ns: int) -> np.ndarray | None:
+    """The pose of ``(stamp, pose)`` pairs nearest ``stamp_ns``, if within :data:`POSE_TOLERANCE_NS`."""
+    best = min(poses, key=lambda p: abs(p[0] - stamp_ns), default=None)
+    if best is None or abs(best[0] - stamp_ns) > POSE_TOLERANCE_NS:
+        return None
+    return best[1]
 
 
 def collate_labelled(items: Sequence[tuple[Window, np.ndarray | None]]) -> Batch:

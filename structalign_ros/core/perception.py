@@ -32,7 +32,7 @@ import torch
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
-from structalign_ros.core.dataset import POSE_TOLERANCE_NS
+from structalign_ros.core.dataset import nearest_pose
 from structalign_ros.core.models import ModalitySpec
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.rotations import (
@@ -239,10 +239,7 @@ class PerceptionPipeline:
     def _nearest_pose(self, stamp: int) -> np.ndarray | None:
         with self.lock:
             poses = list(self._poses)
-        if not poses:
-            return None
-        t, pose = min(poses, key=lambda p: abs(p[0] - stamp))
-        return pose if abs(t - stamp) <= POSE_TOLERANCE_NS else None
+        return nearest_pose(poses, stamp)
 
     def infer(self, window: Window) -> WindowOutput | None:
         """The model's outputs for ``window`` (None when it cannot be used: counted with the reason).

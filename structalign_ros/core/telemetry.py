@@ -50,9 +50,7 @@ class Events:
         with self._lock:
             before = self.counts[reason]
             self.counts[reason] = before + n
-        after = before + n
-        # log when the count crosses a power of two
-        return (after & (after - 1)) == 0 or before.bit_length() != after.bit_length()
+        return before.bit_length() != (before + n).bit_length()  # the count crossed a power of two
 
     def total(self) -> int:
         with self._lock:

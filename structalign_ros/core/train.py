@@ -33,6 +33,7 @@ from structalign_ros.core.objectives import Objective, pose_loss
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+PARTIAL_SUFFIX = ".tmp"  # of a checkpoint being written (see _atomic_save)
 # The offline trainer's own state (optimiser, counters) beside last.pt, for --resume.
 RESUME_FORMAT = 1
 RESUME_FILE = "resume.pt"
@@ -162,15 +163,26 @@ def save_checkpoint(
     _atomic_save(payload, path)
 
 
+def remove_partial_checkpoints(path: str | Path) -> list[Path]:
+    """Delete what interrupted writes of ``path`` left (their temp files); returns them.
+
+    The checkpoint at ``path`` itself is never touched: a write replaces it only once complete.
+    """
+    path = Path(path)
+    partial = sorted(path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"))
+    for stale in partial:
+        stale.unlink(missing_ok=True)
+    return partial
+
+
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temp file in ``path``'s directory, fsync, rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
-        # mkstemp creates the file 0600; a checkpoint is read by other users' nodes (umask decides)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        # mkstemp creates the file 0600; a node running as another user must be able to read it.
+        # (Not "per umask": reading the umask means setting it, a race with every other thread.)
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()

@@ -20,6 +20,8 @@ from typing import Any
 
 from rclpy.callback_groups import CallbackGroup
 
+from structalign_ros.ros.messages import stamp_of
+
 POLL_S = 0.001
 
 
@@ -38,9 +40,7 @@ class PolledGroup(CallbackGroup):
 
 def _stamp(msg: Any) -> int:
     header = getattr(msg, "header", None)
-    if header is None:
-        return 0
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    return 0 if header is None else stamp_of(header.stamp)
 
 
 class SensorReader:

@@ -63,7 +63,12 @@ from visualization_msgs.msg import MarkerArray
 
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.perception import MS, PerceptionPipeline, WindowOutput
-from structalign_ros.core.train import Checkpoint, CheckpointError, load_checkpoint
+from structalign_ros.core.train import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    remove_partial_checkpoints,
+)
 from structalign_ros.ros.diagnostics import diagnostic_array
 from structalign_ros.ros.ingest import PolledGroup, SensorReader
 from structalign_ros.ros.markers import delete_all, weight_markers
@@ -151,12 +156,10 @@ class PerceptionNode(LifecycleNode):
 
     def _load(self, config: StructAlignConfig) -> tuple[Checkpoint, str]:
         if config.train.checkpoint_dir:
-            folder = Path(config.train.checkpoint_dir)
-            for stale in folder.glob(f".{CHECKPOINT}.*.tmp"):
+            saved = Path(config.train.checkpoint_dir) / CHECKPOINT
+            for stale in remove_partial_checkpoints(saved):
                 # an interrupted write; the checkpoint it was replacing is intact
-                self.get_logger().warning(f"removing the partial checkpoint {stale}")
-                stale.unlink(missing_ok=True)
-            saved = folder / CHECKPOINT
+                self.get_logger().warning(f"removed the partial checkpoint {stale}")
             if saved.exists():
                 try:
                     return load_checkpoint(saved), str(saved)

@@ -133,7 +133,30 @@ def test_configured_modalities_must_fit_the_model(small_world):
     check_model(from_dict(data), ckpt.specs)
 
 
-def test_a_disabled_modality_is_fed_as_missing_and_frames_are_resized(small_world):
+def test_camera_and_depth_frames_of_another_size_are_resized_to_the_model(pipeline, small_world):
+    """Every frame doubled in size (each pixel a 2x2 block): resized back, the outputs are the same."""
+    from structalign_ros.core.bags import image_msg
+    from structalign_ros.core.convert import image_pixels, stamp_ns
+    from structalign_ros.core.train import load_checkpoint as load
+
+    def doubled(name, msg):
+        if name in ("rgb", "depth"):
+            big = image_pixels(msg).repeat(2, axis=0).repeat(2, axis=1)
+            new = image_msg(stamp_ns(msg.header), msg.header.frame_id, big, msg.encoding)
+            msg.height, msg.width, msg.step, msg.data = new.height, new.width, new.step, new.data
+        return False
+
+    reference = replay(pipeline, small_world)
+    resized = replay(
+        PerceptionPipeline(small_world.config, load(small_world.checkpoint)), small_world, doubled
+    )
+    assert len(resized) == len(reference) > 60
+    for a, b in zip(reference, resized, strict=True):
+        assert a.stamp_ns == b.stamp_ns and np.array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
+
+
+def test_a_disabled_modality_is_fed_as_missing(small_world):
     data = to_dict(small_world.config)
     data["modalities"]["tactile"]["enabled"] = False
     config = from_dict(data)

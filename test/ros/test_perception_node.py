@@ -491,7 +491,7 @@ def test_checkpoints_survive_a_kill_mid_run(small_world, ros_env, ros_context, t
         (folder / ".last.pt.leftover.tmp").write_bytes(b"partial")  # what a kill during a write leaves
     assert steps == sorted(steps) and steps[-1] > steps[0]
     log = (tmp_path / "suite2.log").read_text()
-    assert "removing the partial checkpoint" in log and "ckpt/last.pt (step" in log
+    assert "removed the partial checkpoint" in log and "ckpt/last.pt (step" in log
 
 
 def test_use_sim_time_follows_the_played_clock(small_world, recorded, ros_env, topic_recorder, tmp_path):
