@@ -239,6 +239,7 @@ class Bench:
         from structalign_ros.ros.messages import time_msg
 
         camera: dict[int, int] = {}
+        camera_lag: dict[int, float] = {}  # ms the camera frame went out after its due time
         late_max, late = 0.0, 0
         wall0 = time.monotonic()
         first = stream.messages[0][0]
@@ -254,7 +255,8 @@ class Bench:
             self.pubs[topic].publish(msg)
             if topic == stream.camera_topic:
                 camera[base_ns + sim_ns] = time.monotonic_ns()
-        return camera, late_max * 1e3, late / len(stream.messages)
+                camera_lag[base_ns + sim_ns] = max(lag, 0.0) * 1e3
+        return camera, camera_lag, late_max * 1e3, late / len(stream.messages)
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -314,7 +316,9 @@ def run_arm(
             result.error = f"the node did not become active (exit {proc.poll()}); see {log.name}"
             return result
         base_ns = bench.node.get_clock().now().nanoseconds
-        camera, result.publisher_late_max_ms, result.publisher_late_frac = bench.publish(stream, base_ns)
+        camera, camera_lag, result.publisher_late_max_ms, result.publisher_late_frac = bench.publish(
+            stream, base_ns
+        )
         time.sleep(args.drain)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -329,8 +333,14 @@ def run_arm(
     with bench.lock:
         outputs, weights, diagnostics = dict(bench.outputs), dict(bench.weights), list(bench.diagnostics)
     errors = []
+    timeline = ["seconds,measured,publisher_lag_ms,latency_ms"]  # one row per camera frame; empty = dropped
     for stamp, sent in sorted(camera.items()):
-        if stamp < measured_from:
+        measured = stamp >= measured_from
+        row = f"{(stamp - base_ns - first) / 1e9:.3f},{int(measured)},{camera_lag[stamp]:.2f},"
+        if stamp in outputs:
+            row += f"{(outputs[stamp][0] - sent) / 1e6:.2f}"
+        timeline.append(row)
+        if not measured:
             continue
         result.windows += 1
         if stamp not in outputs:
@@ -340,6 +350,7 @@ def run_arm(
         result.latency_ms.append((arrival - sent) / 1e6)
         nearest = np.abs(stream.truth_ns + base_ns - stamp).argmin()
         errors.append(np.linalg.norm(position - stream.truth_pos[nearest]) * 1e3)
+    (workdir / f"{params.stem}.windows.csv").write_text("\n".join(timeline) + "\n")
     result.weights = weights
     result.ee_pos_err_mm = float(np.mean(errors)) if errors else None
     if diagnostics:
@@ -405,7 +416,11 @@ def main() -> int:
         action="store_true",
         help="do not publish the ground-truth EE pose to the node (error is still computed)",
     )
-    parser.add_argument("--keep", default="", help="keep parameter files and node logs in this folder")
+    parser.add_argument(
+        "--keep",
+        default="",
+        help="keep parameter files, node logs and per-window timelines (ARM.windows.csv) in this folder",
+    )
     args = parser.parse_args()
 
     import rclpy

@@ -193,6 +193,7 @@ class MultimodalModel(nn.Module):
         if unknown:
             raise ValueError(f"no encoder for modalities {unknown}")
         self.specs = dict(specs)
+        self.cfg = cfg
         self.modalities = tuple(specs)
         self.encoders = nn.ModuleDict(
             {

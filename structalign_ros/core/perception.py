@@ -3,9 +3,9 @@
 :class:`PerceptionPipeline` is everything the perception node does except talking to ROS: convert a
 message (:mod:`.convert`), push it into the :class:`~.windows.WindowAssembler`, turn each finished
 window into a one-window :class:`~.batch.Batch` in the model's layout, run the
-:class:`~.runtime.Predictor`, and hand the window to the :class:`~.train.OnlineTrainer` whose new
-weights come back through an atomic swap. Every message it cannot use is counted with its reason
-(:attr:`events`, plus the assembler's own drop/mask counters); nothing raises out of
+:class:`~.runtime.Predictor`, and hand the window to the :class:`~.online.OnlineTrainer` (a child
+process) whose new weights come back through an atomic swap. Every message it cannot use is
+counted with its reason (:attr:`events`, plus the assembler's own drop/mask counters); nothing raises out of
 :meth:`on_message`, so a bad sensor never stops the node.
 
 Threads: :meth:`feed` (from the subscriptions), :meth:`infer` (from an inference worker) and
@@ -34,7 +34,7 @@ from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
 from structalign_ros.core.dataset import nearest_pose
 from structalign_ros.core.models import ModalitySpec
-from structalign_ros.core.objectives import build_objective
+from structalign_ros.core.online import OnlineTrainer, WeightUpdate
 from structalign_ros.core.rotations import (
     geodesic_angle,
     matrix_to_quaternion,
@@ -43,7 +43,7 @@ from structalign_ros.core.rotations import (
 )
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.telemetry import Events, Latencies
-from structalign_ros.core.train import Checkpoint, OnlineTrainer, save_checkpoint
+from structalign_ros.core.train import Checkpoint, save_checkpoint
 from structalign_ros.core.windows import Window, WindowAssembler
 
 log = logging.getLogger(__name__)
@@ -286,54 +286,51 @@ class PerceptionPipeline:
         )
 
     # -- fine-tuning --------------------------------------------------------------------------
-    def prepare_finetuning(self) -> None:
-        """Build the online trainer (objective, model copy, optimiser) without starting it.
-
-        Slow the first time in a process (the optimiser pulls in parts of torch that take seconds to
-        import), so the node does it while configuring rather than when fine-tuning is switched on.
-        """
-        if self._tuner is None:
-            kinds = {n: s.kind for n, s in self.specs.items()}
-            objective = build_objective(self.config.objective, kinds, self.config.model.embed_dim)
-            self._tuner = OnlineTrainer(self.model, objective, self.config, self._install)
-
     def start_finetuning(self) -> None:
-        """Start the online trainer (a no-op when it runs)."""
+        """Start (or resume) the online trainer; its process is started the first time."""
         if self.trainer is None:
-            self.prepare_finetuning()
+            if self._tuner is None:
+                self._tuner = OnlineTrainer(self.model, self.config, self._install)
             self.trainer = self._tuner
             self.trainer.start()
 
     def stop_finetuning(self) -> None:
-        """Stop the online trainer after its current step; its last weights are installed."""
+        """Pause the online trainer after its current step; its last weights are installed."""
         trainer, self.trainer = self.trainer, None
-        if trainer is not None:
-            trainer.stop()
+        if trainer is not None and not trainer.stop():
+            self._count(
+                f"online trainer did not pause in time{': ' + trainer.error if trainer.error else ''}"
+            )
+
+    def close(self) -> None:
+        """End the online trainer's process (the pipeline keeps serving its current weights)."""
+        self.stop_finetuning()
+        tuner, self._tuner = self._tuner, None
+        if tuner is not None:
+            tuner.close()
 
     def learned_weights(self) -> dict[str, float]:
         """The global modality weights lambda = softmax(logits) of the newest weights (fine-tuned or not)."""
-        model = self._tuner.model if self._tuner is not None else self.model
-        return {n: float(v) for n, v in zip(self.modalities, model.lambdas.detach(), strict=True)}
+        tuned = self._tuner.progress.lambdas if self._tuner is not None else None
+        values = tuned if tuned is not None else [float(v) for v in self.model.lambdas.detach()]
+        return dict(zip(self.modalities, values, strict=True))
 
     @property
     def steps(self) -> int:
         """Optimisation steps behind the current weights (the checkpoint's and this run's)."""
-        return self.checkpoint_step + (self._tuner.steps if self._tuner is not None else 0)
+        return self.checkpoint_step + (self._tuner.progress.steps if self._tuner is not None else 0)
 
-    def _install(self, state: dict[str, torch.Tensor]) -> None:
-        """Called by the trainer's thread with new weights."""
-        self.predictor.swap_weights(state)
-        self._latest_state = state
+    def _install(self, update: WeightUpdate) -> None:
+        """Called by the trainer's receiver thread with new weights."""
+        self.predictor.swap_weights(update.state, update.onnx)
+        self._latest_state = update.state
         self.model_version += 1
 
     def apply_config(self, config: StructAlignConfig) -> None:
         """Take over the run-time-safe settings of ``config`` (see the node's live parameters)."""
         self.config = config
-        trainer = self._tuner
-        if trainer is not None:
-            trainer.config = config  # pose_weight and grad_clip are read per step
-            for group in trainer.optimizer.param_groups:
-                group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
+        if self._tuner is not None:
+            self._tuner.update_config(config)
 
     def save(self, path: str | Path) -> bool:
         """Checkpoint the newest installed weights atomically; False when nothing was fine-tuned yet."""
@@ -368,9 +365,11 @@ class PerceptionPipeline:
             "finetune": {
                 "running": trainer is not None,
                 "steps": self.steps,
-                "skipped": tuner.skipped if tuner else 0,
-                "loss": (tuner.last_metrics.get("loss") if tuner else None),
-                "replay": len(tuner.buffer) if tuner else 0,
+                "skipped": tuner.progress.skipped if tuner else 0,
+                "loss": (tuner.progress.metrics.get("loss") if tuner else None),
+                "replay": tuner.progress.replay if tuner else 0,
+                "dropped": tuner.dropped if tuner else 0,
+                "error": tuner.error if tuner else "",
             },
             "model_version": self.model_version,
             "providers": list(self.predictor.providers),

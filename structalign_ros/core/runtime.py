@@ -123,8 +123,13 @@ class Predictor:
             out = model(batch.to(self.device).inputs, batch.mask.to(self.device))
         return ModelOutput(*(t.float().cpu() for t in out))
 
-    def swap_weights(self, state: dict[str, Tensor]) -> None:
+    def swap_weights(self, state: dict[str, Tensor], onnx_model: bytes | None = None) -> None:
         """Install new weights atomically (see the class docstring).
+
+        Args:
+            state: the new ``state_dict``.
+            onnx_model: the same weights already exported (the online trainer exports them in its own
+                process, so that this call only builds a session); exported here when None.
 
         Raises:
             train.CheckpointError: ``state`` does not fit the model; the current weights stay.
@@ -139,7 +144,8 @@ class Predictor:
         fresh.load_state_dict(state)
         fresh.eval()
         if self._session is not None:
-            self._session = _make_session(onnx_bytes(fresh), self._provider_spec, self._threads)
+            source = onnx_model if onnx_model is not None else onnx_bytes(fresh)
+            self._session = _make_session(source, self._provider_spec, self._threads)
         self._model = fresh
         self.swaps += 1
 

@@ -1,19 +1,16 @@
-"""Training: the one step, checkpoints, the offline loop and the online trainer.
+"""Training: the one step, checkpoints and the offline loop.
 
 :func:`train_step` is the only place a gradient step happens; :class:`Trainer` (offline, from bags)
-and :class:`OnlineTrainer` (live, from a replay buffer in a background thread) both call it.
+and :class:`~.online.OnlineTrainer` (live, from a replay buffer in a child process) both call it.
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import os
 import random
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,125 +402,3 @@ class Trainer:
             raise CheckpointError(f"{path}: not a readable resume state ({reason})") from exc
         self.load_state_dict(state)
         return True
-
-
-class ReplayBuffer:
-    """The most recent windows, one row each, safe to fill from one thread and sample from another.
-
-    Rows are kept as single-window tensors so that adding is O(1) and never waits on a sampler.
-    """
-
-    def __init__(self, capacity: int, modalities: tuple[str, ...]) -> None:
-        self.modalities = modalities
-        self._rows: collections.deque[tuple[dict[str, Tensor], Tensor, Tensor | None]] = collections.deque(
-            maxlen=capacity
-        )
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def add(self, batch: Batch) -> None:
-        """Append every window of ``batch`` (on the CPU); the oldest fall out beyond capacity."""
-        if batch.modalities != self.modalities:
-            raise ValueError(f"batch modalities {batch.modalities} != buffer's {self.modalities}")
-        for i in range(len(batch)):
-            inputs = {k: v[i].detach().cpu() for k, v in batch.inputs.items()}
-            pose = None if batch.pose is None else batch.pose[i].cpu()
-            self._rows.append((inputs, batch.mask[i].cpu(), pose))
-
-    def sample(self, size: int, generator: torch.Generator) -> Batch:
-        """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
-        rows = list(self._rows)  # a snapshot: the producer may append meanwhile
-        pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
-        chosen = [rows[i] for i in pick]
-        inputs = {k: torch.stack([r[0][k] for r in chosen]) for k in self.modalities}
-        mask = torch.stack([r[1] for r in chosen])
-        poses = [r[2] for r in chosen]
-        pose = torch.stack(poses) if all(p is not None for p in poses) else None
-        return Batch(inputs, mask, self.modalities, pose=pose)
-
-
-class OnlineTrainer:
-    """Fine-tunes a private copy of the model in a background thread and publishes its weights.
-
-    The predictor keeps serving its own model; every ``swap_period_s`` this trainer hands it a copy
-    of the new weights through ``publish`` (e.g. :meth:`runtime.Predictor.swap_weights`, which
-    replaces its model by one reference assignment). Inference therefore never waits for training.
-
-    Args:
-        model: the starting weights (copied; the caller's model is not modified).
-        objective: the training objective.
-        config: the full tree; ``train`` drives batch size, buffer, period and clipping.
-        publish: called from the training thread with a CPU ``state_dict``.
-    """
-
-    def __init__(
-        self,
-        model: MultimodalModel,
-        objective: Objective,
-        config: StructAlignConfig,
-        publish: Callable[[dict[str, Tensor]], None],
-    ) -> None:
-        self.config = config
-        self.model = copy.deepcopy(model)
-        self.objective = objective
-        self.optimizer = make_optimizer(self.model, objective, config.train)
-        self.buffer = ReplayBuffer(config.train.replay_capacity, self.model.modalities)
-        self.publish = publish
-        self.steps = 0
-        self.skipped = 0
-        self.published = 0
-        self.last_metrics: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._generator = torch.Generator().manual_seed(config.train.seed)
-
-    def add(self, batch: Batch) -> None:
-        """Queue windows for training (called from the inference path: O(rows), no waiting)."""
-        self.buffer.add(batch)
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("OnlineTrainer already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="structalign-online-trainer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current step and publish the latest weights once more."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _publish(self) -> None:
-        self.publish({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-        self.published += 1
-
-    def _run(self) -> None:
-        cfg = self.config.train
-        last_swap = time.monotonic()
-        while not self._stop.is_set():
-            if len(self.buffer) < cfg.min_replay:
-                self._stop.wait(0.05)
-                continue
-            batch = self.buffer.sample(cfg.batch_size, self._generator)
-            started = time.monotonic()
-            try:
-                metrics = train_step(
-                    self.model, batch, self.optimizer, self.objective, **step_options(self.config)
-                )
-            except Exception:  # a bad batch must not kill live fine-tuning; inference goes on regardless
-                log.exception("online train step failed; skipped")
-                metrics = {"skipped": 1.0}
-            self.steps += 1
-            self.skipped += int(metrics.get("skipped", 0.0))
-            self.last_metrics = metrics
-            if time.monotonic() - last_swap >= cfg.swap_period_s:
-                self._publish()
-                last_swap = time.monotonic()
-            duty = self.config.train.online_duty_cycle
-            if duty < 1:
-                self._stop.wait((time.monotonic() - started) * (1 / duty - 1))
-        if self.steps:
-            self._publish()

@@ -90,9 +90,9 @@ def diagnostic_array(
     windows = DiagnosticStatus(level=level, name=f"{node}: windows", message=message, values=_kv(values))
     ft = report["finetune"]
     tuning = DiagnosticStatus(
-        level=DiagnosticStatus.OK,
+        level=DiagnosticStatus.WARN if ft["error"] else DiagnosticStatus.OK,
         name=f"{node}: fine-tuning",
-        message="running" if ft["running"] else "off",
+        message=ft["error"] or ("running" if ft["running"] else "off"),
         values=_kv({**ft, "model_version": report["model_version"]}),
     )
     runtime = DiagnosticStatus(

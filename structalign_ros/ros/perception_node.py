@@ -16,8 +16,9 @@ Threads: a sensor reader thread takes the sensor messages straight from their su
 (:mod:`structalign_ros.ros.ingest`: rclpy's executor is too slow for 1.7 k messages a second on two
 cores), converts them and cuts windows (cheap), then queues each finished window for the inference
 worker thread, which runs the model and publishes; the executor keeps services, parameters and
-timers; the online trainer has its own thread and hands new weights over by an atomic swap;
-checkpoints are written from a short-lived thread. So neither the model nor training ever delays
+timers; the online trainer runs in a child process of lower priority (:mod:`~structalign_ros.core.online`,
+so its Python-heavy steps never hold this process's interpreter lock) and hands new weights over by an
+atomic swap; checkpoints are written from a short-lived thread. So neither the model nor training ever delays
 reading a 1 kHz sensor.
 
 Outputs, each stamped with its window's pivot (camera) stamp, never ``now()``:
@@ -174,7 +175,6 @@ class PerceptionNode(LifecycleNode):
             torch.set_num_threads(config.runtime.threads)
             checkpoint, source = self._load(config)
             pipeline = PerceptionPipeline(config, checkpoint, warn=self._warn)
-            pipeline.prepare_finetuning()
         except Exception as exc:  # any reason not to run is reported, never raised
             return self._fail("configure", exc)
         self.config, self.pipeline, self.model_source = config, pipeline, source
@@ -273,6 +273,8 @@ class PerceptionNode(LifecycleNode):
         for pub in self._pub.values():
             self.destroy_publisher(pub)
         self._pub = {}
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.pipeline = None
         return TransitionCallbackReturn.SUCCESS
 
@@ -428,8 +430,8 @@ def autostart(node: PerceptionNode) -> bool:
 
 
 def responsive_threads() -> None:
-    """Hand Python's interpreter lock between threads every 1 ms instead of 5 ms: the sensor callbacks
-    and the inference worker share the interpreter with the trainer's Python-heavy OT loops."""
+    """Hand Python's interpreter lock between threads every 1 ms instead of 5 ms: the sensor reader
+    must not wait a whole default switch interval behind the inference worker."""
     sys.setswitchinterval(0.001)
 
 

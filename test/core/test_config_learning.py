@@ -30,8 +30,14 @@ def test_learning_sections_round_trip(tmp_path):
         ({"train": {"min_replay": 10, "replay_capacity": 5}}, "min_replay"),
         ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
         ({"node": {"diagnostics_period_s": 0}}, "node: diagnostics_period_s=0"),
-        ({"modalities": {"rgb": {"kind": "image", "topic": "/c", "rate_hz": 30.0, "qos_reliability": "x"}}},
-         "qos_reliability='x'"),
+        (
+            {
+                "modalities": {
+                    "rgb": {"kind": "image", "topic": "/c", "rate_hz": 30.0, "qos_reliability": "x"}
+                }
+            },
+            "qos_reliability='x'",
+        ),
         ({"runtime": {"backend": "tflite"}}, "backend='tflite'"),
     ],
 )

@@ -109,7 +109,7 @@ def test_fine_tuning_swaps_weights_without_stopping_inference(pipeline, small_wo
         assert pipeline.report()["finetune"]["steps"] >= 1
         assert pipeline.save(tmp_path / "last.pt")
     finally:
-        pipeline.stop_finetuning()
+        pipeline.close()
     assert len(outputs) == pipeline.windows
     reloaded = load_checkpoint(tmp_path / "last.pt")
     assert reloaded.step >= 1

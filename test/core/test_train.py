@@ -1,7 +1,6 @@
 """train_step's guard, checkpoints, the replay buffer and the online trainer's weight swap."""
 
 import threading
-import time
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import (
     CheckpointError,
-    OnlineTrainer,
-    ReplayBuffer,
     Trainer,
     load_checkpoint,
     make_optimizer,
@@ -120,57 +117,3 @@ def test_corrupt_or_foreign_checkpoint_gives_a_clear_error_and_keeps_the_previou
     with pytest.raises(CheckpointError, match="do not fit"):
         predictor.swap_weights(wider.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(before, predictor(batch), strict=True))
-
-
-def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
-    buf = ReplayBuffer(10, world.modalities)
-    for s in range(3):
-        buf.add(world.batch(4, seed=s)[0])
-    assert len(buf) == 10
-    sample = buf.sample(6, torch.Generator().manual_seed(0))
-    assert len(sample) == 6 and sample.modalities == world.modalities and sample.pose.shape == (6, 7)
-    with pytest.raises(ValueError, match="modalities"):
-        buf.add(SyntheticWorld(modalities=("rgb",), image=16).batch(2, seed=0)[0])
-
-
-@pytest.mark.slow
-def test_online_trainer_swaps_weights_into_a_serving_predictor(world):
-    model = make_model(world)
-    batch, _ = world.batch(64, seed=0)
-    model.fit_input_stats(batch)
-    predictor = Predictor.from_model(model)
-    probe, _ = world.batch(4, seed=99)
-    before = predictor(probe).embeddings
-    cfg = config(batch_size=16, min_replay=16, replay_capacity=128, swap_period_s=0.2)
-    trainer = OnlineTrainer(model, PairwiseInfoNCE(), cfg, publish=predictor.swap_weights)
-    served, errors = [], []
-    stop = threading.Event()
-
-    def serve():  # the inference loop the node runs; it must never fail or stall on a swap
-        while not stop.is_set():
-            try:
-                served.append(predictor(probe).embeddings)
-            except Exception as exc:  # any failure is the finding
-                errors.append(exc)
-
-    server = threading.Thread(target=serve)
-    server.start()
-    trainer.start()
-    for s in range(8):
-        trainer.add(world.batch(16, seed=100 + s)[0])
-    deadline = time.monotonic() + 60
-    while predictor.swaps < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    trainer.stop()
-    stop.set()
-    server.join()
-    assert not errors
-    assert trainer.steps > 0 and predictor.swaps >= 2 and trainer.published >= 2
-    assert len(served) > 0
-    after = predictor(probe).embeddings
-    assert not torch.allclose(before, after)
-    # the predictor now serves exactly the trainer's weights
-    with torch.no_grad():
-        expected = trainer.model.eval()(probe.inputs, probe.mask).embeddings
-    assert torch.allclose(after, expected, atol=1e-6)
-    assert not torch.allclose(model(probe.inputs, probe.mask).embeddings, after), "caller's model untouched"

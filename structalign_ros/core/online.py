@@ -1,0 +1,417 @@
+"""Live fine-tuning in a child process: a replay buffer of recent windows and a trainer beside inference.
+
+:class:`OnlineTrainer` runs :func:`~.train.train_step` on batches drawn from a :class:`ReplayBuffer`
+in a separate process, started with ``spawn`` and lowered to niceness :data:`NICENESS`. A
+training step is mostly Python (optimal-transport loops, autograd bookkeeping, and every
+``swap_period_s`` an ONNX export); in a thread of the node it held the interpreter lock that the
+sensor reader and the inference worker need, and cost the node its latency tail. In a process of its own it
+shares nothing with them but the CPU, and the kernel gives the node's threads priority over it.
+
+Traffic between the two processes, all plain picklable data:
+
+- windows in (:meth:`OnlineTrainer.add`, non-blocking: when the trainer lags ``INBOX`` windows
+  behind, new ones are dropped and counted, never waited for);
+- commands in (run, pause, new settings, close);
+- out: a :class:`Progress` after every step, and a :class:`WeightUpdate` every ``swap_period_s``
+  (and on pause) carrying the state dict and, for the ONNX backend, the weights already exported,
+  so that installing them in the node only builds a session (which releases the interpreter lock).
+
+A receiver thread in the parent hands each :class:`WeightUpdate` to ``publish``. The child exits
+when told to, when its parent process has gone (a killed node leaves no trainer behind) and on
+any error, which is reported back; inference goes on regardless.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from structalign_ros.core.batch import Batch
+from structalign_ros.core.config import ModelConfig, StructAlignConfig
+from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.objectives import build_objective
+from structalign_ros.core.runtime import onnx_bytes, resolve_device
+from structalign_ros.core.train import make_optimizer, step_options, train_step
+
+log = logging.getLogger(__name__)
+
+NICENESS = 10  # added to the trainer process's niceness: the node's threads come first
+INBOX = 256  # windows in flight to the trainer before new ones are dropped
+POLL_S = 0.05  # the child's longest wait between looks at its commands and its parent
+
+
+class ReplayBuffer:
+    """The most recent windows, one row each; adding is O(1) per window.
+
+    Rows are single-window tensors, so sampling stacks only the rows it draws.
+    """
+
+    def __init__(self, capacity: int, modalities: tuple[str, ...]) -> None:
+        self.modalities = modalities
+        self._rows: collections.deque[tuple[dict[str, Tensor], Tensor, Tensor | None]] = collections.deque(
+            maxlen=capacity
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, batch: Batch) -> None:
+        """Append every window of ``batch`` (on the CPU); the oldest fall out beyond capacity."""
+        if batch.modalities != self.modalities:
+            raise ValueError(f"batch modalities {batch.modalities} != buffer's {self.modalities}")
+        for i in range(len(batch)):
+            inputs = {k: v[i].detach().cpu() for k, v in batch.inputs.items()}
+            pose = None if batch.pose is None else batch.pose[i].cpu()
+            self._rows.append((inputs, batch.mask[i].cpu(), pose))
+
+    def sample(self, size: int, generator: torch.Generator) -> Batch:
+        """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
+        rows = list(self._rows)
+        pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
+        chosen = [rows[i] for i in pick]
+        inputs = {k: torch.stack([r[0][k] for r in chosen]) for k in self.modalities}
+        mask = torch.stack([r[1] for r in chosen])
+        poses = [r[2] for r in chosen]
+        pose = torch.stack(poses) if all(p is not None for p in poses) else None
+        return Batch(inputs, mask, self.modalities, pose=pose)
+
+
+@dataclass
+class WeightUpdate:
+    """New weights from the trainer.
+
+    Attributes:
+        state: the model's CPU ``state_dict``.
+        onnx: the same weights exported to ONNX (when the node's backend is ONNX Runtime), else None.
+        steps: optimisation steps behind them (this run's).
+    """
+
+    state: dict[str, Tensor]
+    onnx: bytes | None
+    steps: int
+
+
+@dataclass
+class Progress:
+    """The trainer's counters after a step (sent by the child, kept by the parent)."""
+
+    steps: int = 0
+    skipped: int = 0
+    replay: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    lambdas: list[float] | None = None
+
+
+@dataclass
+class _Paused:
+    token: int
+
+
+@dataclass
+class _Failed:
+    reason: str
+
+
+def _to_numpy(batch: Batch) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+    pose = None if batch.pose is None else batch.pose.numpy()
+    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), pose
+
+
+class OnlineTrainer:
+    """Fine-tunes a copy of the model in a child process and hands its weights to ``publish``.
+
+    Nothing here waits for training: :meth:`add` drops windows rather than block, and ``publish``
+    is called from a receiver thread with a complete :class:`WeightUpdate` (e.g. the pipeline's
+    install into :meth:`runtime.Predictor.swap_weights`). The child process is started on the first
+    :meth:`start`, keeps its model, optimiser and replay buffer across :meth:`stop`/:meth:`start`, and
+    ends with :meth:`close`.
+
+    Args:
+        model: the starting weights (copied to the child; the caller's model is not modified).
+        config: the full tree: ``train`` drives batch size, buffer, period, duty cycle and clipping,
+            ``objective`` the loss, ``runtime`` the device and whether to export ONNX.
+        publish: called from the receiver thread with each :class:`WeightUpdate`.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalModel,
+        config: StructAlignConfig,
+        publish: Callable[[WeightUpdate], None],
+    ) -> None:
+        self.config = config
+        self.publish = publish
+        self.modalities = model.modalities
+        self._start = (
+            dict(model.specs),
+            model.cfg,
+            {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()},
+        )
+        self.progress = Progress()
+        self.published = 0
+        self.dropped = 0  # windows not handed to the child because it lagged INBOX behind
+        self.error = ""  # why the child stopped, if it did on its own
+        self.running = False
+        self._process: Any = None
+        self._paused = threading.Condition()
+        self._paused_token = 0
+        self._token = 0
+
+    # -- parent side ------------------------------------------------------------------------------
+    def _ensure_process(self) -> None:
+        if self._process is not None:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        self._inbox = ctx.Queue(maxsize=INBOX)
+        self._commands = ctx.Queue()
+        self._outbox = ctx.Queue()
+        self._process = ctx.Process(
+            target=_child_main,
+            args=(*self._start, self.config, self._inbox, self._commands, self._outbox),
+            name="structalign-online-trainer",
+            daemon=True,
+        )
+        self._process.start()
+        try:
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
+        except OSError as exc:  # not fatal: training then competes with inference on equal terms
+            log.warning("could not lower the online trainer's priority: %s", exc)
+        self._receiver = threading.Thread(
+            target=self._receive, name="structalign-trainer-receiver", daemon=True
+        )
+        self._receiver.start()
+
+    def add(self, batch: Batch) -> None:
+        """Hand windows to the trainer (from the inference path: never waits; dropped while stopped)."""
+        if not self.running:
+            return
+        try:
+            self._inbox.put_nowait(_to_numpy(batch))
+        except queue.Full:
+            self.dropped += len(batch)
+
+    def start(self) -> None:
+        """Start (or resume) training; the first call starts the child process."""
+        self._ensure_process()
+        self.running = True
+        self._commands.put(("run", None))
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Pause after the current step; returns once the latest weights were published (True), or
+        after ``timeout`` seconds or the child's failure (False)."""
+        if self._process is None or not self.running:
+            return True
+        self.running = False
+        with self._paused:
+            self._token += 1
+            token = self._token
+            self._commands.put(("pause", token))
+            self._paused.wait_for(
+                lambda: self._paused_token >= token or not self._process.is_alive(), timeout
+            )
+            return self._paused_token >= token
+
+    def update_config(self, config: StructAlignConfig) -> None:
+        """Take over new ``train``/``objective`` settings (lr and weight decay, clip, pose weight)."""
+        self.config = config
+        if self._process is not None:
+            self._commands.put(("config", config))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the child process (after :meth:`stop` if its last weights matter)."""
+        process, self._process = self._process, None
+        self.running = False
+        if process is None:
+            return
+        self._commands.put(("close", None))
+        process.join(timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout)
+        self._receiver.join(timeout)
+        for q in (self._inbox, self._commands, self._outbox):
+            q.cancel_join_thread()  # never block on data nobody will read
+            q.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _receive(self) -> None:
+        process = self._process
+        while True:
+            try:
+                item = self._outbox.get(timeout=POLL_S * 4)
+            except queue.Empty:
+                if process.is_alive():
+                    continue
+                if process.exitcode not in (0, None) and not self.error:
+                    self.error = f"the online trainer process exited with code {process.exitcode}"
+                    log.error(self.error)
+                with self._paused:
+                    self._paused.notify_all()
+                return
+            except (EOFError, OSError):
+                return
+            if isinstance(item, Progress):
+                self.progress = item
+            elif isinstance(item, WeightUpdate):
+                try:
+                    self.publish(item)
+                    self.published += 1
+                except Exception as exc:  # weights that cannot be installed leave the current ones serving
+                    self.error = f"installing new weights failed: {exc}"
+                    log.error(self.error)
+            elif isinstance(item, _Paused):
+                with self._paused:
+                    self._paused_token = max(self._paused_token, item.token)
+                    self._paused.notify_all()
+            elif isinstance(item, _Failed):
+                self.error = item.reason
+                log.error("online trainer: %s", item.reason)
+
+
+# -- child side -----------------------------------------------------------------------------------
+class _Child:
+    """The training loop of the child process."""
+
+    def __init__(
+        self,
+        specs: dict[str, ModalitySpec],
+        model_cfg: ModelConfig,
+        state: dict[str, np.ndarray],
+        config: StructAlignConfig,
+        outbox: Any,
+    ) -> None:
+        torch.set_num_threads(1)  # one core at most: the other belongs to the node
+        self.config = config
+        self.device = resolve_device(config.runtime.device)
+        model = MultimodalModel(specs, model_cfg)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        self.model = model.to(self.device)
+        kinds = {n: s.kind for n, s in specs.items()}
+        self.objective = build_objective(config.objective, kinds, model_cfg.embed_dim).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.objective, config.train)
+        self.buffer = ReplayBuffer(config.train.replay_capacity, model.modalities)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.outbox = outbox
+        self.progress = Progress()
+        self.published_at = 0
+
+    def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]) -> None:
+        inputs, mask, pose = item
+        self.buffer.add(
+            Batch(
+                {k: torch.from_numpy(inputs[k]) for k in self.model.modalities},
+                torch.from_numpy(mask),
+                self.model.modalities,
+                pose=None if pose is None else torch.from_numpy(pose),
+            )
+        )
+
+    def set_config(self, config: StructAlignConfig) -> None:
+        self.config = config
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
+
+    def step(self) -> None:
+        batch = self.buffer.sample(self.config.train.batch_size, self.generator)
+        try:
+            metrics = train_step(
+                self.model, batch, self.optimizer, self.objective, **step_options(self.config)
+            )
+        except Exception:  # one bad batch must not end live fine-tuning
+            log.exception("online train step failed; skipped")
+            metrics = {"skipped": 1.0}
+        p = self.progress
+        p.steps += 1
+        p.skipped += int(metrics.get("skipped", 0.0))
+        p.replay = len(self.buffer)
+        p.metrics = {k: float(v) for k, v in metrics.items()}
+        p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
+        self.outbox.put(copy.copy(p))
+
+    def publish(self) -> None:
+        """Send the current weights (exported to ONNX too when the node runs ONNX Runtime)."""
+        if self.published_at == self.progress.steps:
+            return
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        onnx = None
+        if self.config.runtime.backend == "onnx":
+            snapshot = MultimodalModel(self.model.specs, self.model.cfg)
+            snapshot.load_state_dict(state)
+            onnx = onnx_bytes(snapshot)
+        self.outbox.put(WeightUpdate(state, onnx, self.progress.steps))
+        self.published_at = self.progress.steps
+
+
+def _child_main(
+    specs: dict[str, ModalitySpec],
+    model_cfg: ModelConfig,
+    state: dict[str, np.ndarray],
+    config: StructAlignConfig,
+    inbox: Any,
+    commands: Any,
+    outbox: Any,
+) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this one ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    try:
+        child = _Child(specs, model_cfg, state, config, outbox)
+    except Exception as exc:
+        outbox.put(_Failed(f"could not build the trainer: {type(exc).__name__}: {exc}"))
+        return
+    running, last_swap, rest_until = False, time.monotonic(), 0.0
+    while parent is None or parent.is_alive():
+        wait = max(POLL_S if not running else 0.0, rest_until - time.monotonic())
+        try:
+            command, arg = commands.get(timeout=wait) if wait > 0 else commands.get_nowait()
+        except queue.Empty:
+            command, arg = None, None
+        if command == "close":
+            break
+        if command == "run":
+            running, last_swap = True, time.monotonic()
+        elif command == "pause":
+            running = False
+            child.publish()
+            outbox.put(_Paused(arg))
+        elif command == "config":
+            child.set_config(arg)
+        if command is not None:
+            continue  # look for further commands before training on
+        while True:  # everything the node sent since the last step
+            try:
+                child.take(inbox.get_nowait())
+            except queue.Empty:
+                break
+        cfg = child.config.train
+        if not running or time.monotonic() < rest_until:
+            continue
+        if len(child.buffer) < cfg.min_replay:
+            rest_until = time.monotonic() + POLL_S
+            continue
+        started = time.monotonic()
+        child.step()
+        if time.monotonic() - last_swap >= cfg.swap_period_s:
+            child.publish()
+            last_swap = time.monotonic()
+        rest_until = time.monotonic() + (time.monotonic() - started) * (1 / cfg.online_duty_cycle - 1)
+    if parent is not None and not parent.is_alive():
+        # nobody reads the outbox any more: exit without waiting to flush it (that would block forever)
+        outbox.cancel_join_thread()

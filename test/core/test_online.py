@@ -1,0 +1,229 @@
+"""The online trainer: a real child process training beside a serving predictor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
+from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.online import OnlineTrainer, ReplayBuffer, WeightUpdate
+from structalign_ros.core.runtime import Predictor
+from structalign_ros.core.synthetic import SyntheticWorld
+
+TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return SyntheticWorld(modalities=("rgb", "wrench", "imu"), image=16, steps=12)
+
+
+def make_model(world):
+    batch, _ = world.batch(64, seed=0)
+    torch.manual_seed(0)
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
+    model.fit_input_stats(batch)
+    return model
+
+
+def config(backend="torch", **train):
+    cfg = StructAlignConfig()
+    cfg.model = TINY
+    cfg.objective.name = "pairwise"
+    cfg.runtime.backend = backend
+    cfg.train = TrainConfig(**{"batch_size": 16, "min_replay": 16, "replay_capacity": 128, **train})
+    return cfg
+
+
+def wait_for(condition, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def served_by(state, model, probe):
+    """What a model holding ``state`` computes on ``probe``."""
+    twin = MultimodalModel(model.specs, model.cfg)
+    twin.load_state_dict(state)
+    with torch.no_grad():
+        return twin.eval()(probe.inputs, probe.mask).embeddings
+
+
+def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
+    buf = ReplayBuffer(10, world.modalities)
+    for s in range(3):
+        buf.add(world.batch(4, seed=s)[0])
+    assert len(buf) == 10
+    sample = buf.sample(6, torch.Generator().manual_seed(0))
+    assert len(sample) == 6 and sample.modalities == world.modalities and sample.pose.shape == (6, 7)
+    with pytest.raises(ValueError, match="modalities"):
+        buf.add(SyntheticWorld(modalities=("rgb",), image=16).batch(2, seed=0)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_weights_trained_in_the_child_are_swapped_into_a_serving_predictor(world, backend):
+    model = make_model(world)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor = Predictor.from_config(config(backend).runtime, model)
+    probe, _ = world.batch(4, seed=99)
+    before = predictor(probe).embeddings
+    updates: list[WeightUpdate] = []
+
+    def install(update):
+        predictor.swap_weights(update.state, update.onnx)
+        updates.append(update)
+
+    trainer = OnlineTrainer(model, config(backend, swap_period_s=0.2), publish=install)
+    served, errors = [], []
+    stop = threading.Event()
+
+    def serve():  # the inference loop the node runs; it must never fail or stall on a swap
+        while not stop.is_set():
+            try:
+                served.append(predictor(probe).embeddings)
+            except Exception as exc:  # any failure is the finding
+                errors.append(exc)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        trainer.start()
+        for s in range(8):
+            trainer.add(world.batch(16, seed=100 + s)[0])
+        assert wait_for(lambda: predictor.swaps >= 2), trainer.error
+        assert trainer.stop()  # paused, and the newest weights were published before it returned
+    finally:
+        stop.set()
+        server.join()
+        trainer.close()
+    assert not errors and served
+    assert not trainer.alive and not trainer.error
+    assert trainer.progress.steps > 0 and trainer.published == len(updates) >= 2
+    assert (updates[-1].onnx is not None) == (backend == "onnx")
+    assert updates[-1].steps == trainer.progress.steps
+    after = predictor(probe).embeddings
+    assert not torch.allclose(before, after)
+    # the predictor serves exactly the last published weights; the caller's model is untouched
+    assert torch.allclose(after, served_by(updates[-1].state, model, probe), atol=1e-5)
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    assert trainer.progress.lambdas is not None and abs(sum(trainer.progress.lambdas) - 1) < 1e-5
+
+
+@pytest.mark.slow
+def test_pause_keeps_the_trainer_and_resume_continues(world):
+    model = make_model(world)
+    updates: list[WeightUpdate] = []
+    trainer = OnlineTrainer(model, config(swap_period_s=60.0), publish=updates.append)
+    try:
+        trainer.start()
+        for s in range(4):
+            trainer.add(world.batch(16, seed=200 + s)[0])
+        assert wait_for(lambda: trainer.progress.steps >= 2), trainer.error
+        assert trainer.stop()
+        paused_at = trainer.progress.steps
+        assert [u.steps for u in updates] == [paused_at]  # the period is long: only the pause published
+        trainer.add(world.batch(16, seed=300)[0])  # ignored while paused
+        time.sleep(0.5)
+        assert trainer.progress.steps == paused_at and trainer.progress.replay == 64
+        trainer.start()  # same process, same replay buffer: training goes straight on
+        assert wait_for(lambda: trainer.progress.steps >= paused_at + 2), trainer.error
+        assert trainer.stop()
+        assert updates[-1].steps == trainer.progress.steps > paused_at
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_non_finite_windows_skip_steps_and_keep_the_weights(world):
+    model = make_model(world)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    updates: list[WeightUpdate] = []
+    trainer = OnlineTrainer(model, config(swap_period_s=0.1), publish=updates.append)
+    try:
+        trainer.start()
+        for s in range(2):
+            batch, _ = world.batch(16, seed=400 + s)
+            batch.inputs["wrench"][:, 0, 0] = float("nan")
+            trainer.add(batch)
+        assert wait_for(lambda: trainer.progress.steps >= 3), trainer.error
+        assert trainer.stop()
+    finally:
+        trainer.close()
+    assert trainer.progress.skipped == trainer.progress.steps
+    assert updates and all(torch.equal(start[k], v) for k, v in updates[-1].state.items())
+
+
+@pytest.mark.slow
+def test_a_trainer_that_cannot_start_reports_why_and_publishes_nothing(world):
+    model = make_model(world)
+    cfg = config()
+    cfg.runtime.device = "cuda:99"  # no such device, GPU or not: the child cannot place the model
+    updates: list[WeightUpdate] = []
+    bad = OnlineTrainer(model, cfg, publish=updates.append)
+    try:
+        bad.start()
+        assert wait_for(lambda: bool(bad.error))
+        assert "could not build the trainer" in bad.error
+        assert not bad.stop(timeout=5.0)
+    finally:
+        bad.close()
+    assert not updates
+
+
+@pytest.mark.slow
+def test_the_child_exits_when_its_parent_is_killed(tmp_path):
+    # the parent dies while the child is training and publishing: the child's unread weights fill the
+    # pipe, which must not keep it from exiting
+    script = textwrap.dedent(
+        """
+        import time
+        from structalign_ros.core.config import ModelConfig, StructAlignConfig
+        from structalign_ros.core.models import ModalitySpec, MultimodalModel
+        from structalign_ros.core.online import OnlineTrainer
+        from structalign_ros.core.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(modalities=("rgb", "wrench"), image=16, steps=12)
+        batch, _ = world.batch(32, seed=0)
+        cfg = StructAlignConfig()
+        cfg.model = ModelConfig(image_size=16)  # weights of ~1 MB: more than a pipe holds
+        cfg.objective.name = "pairwise"
+        cfg.train.min_replay, cfg.train.batch_size, cfg.train.swap_period_s = 16, 16, 0.05
+        model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), cfg.model)
+        trainer = OnlineTrainer(model, cfg, publish=lambda update: None)
+        trainer.start()
+        trainer.add(batch)
+        while trainer.published < 1:
+            time.sleep(0.05)
+        print(trainer._process.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert os.getpriority(os.PRIO_PROCESS, child) >= os.getpriority(os.PRIO_PROCESS, 0) + 10
+        parent.kill()
+        parent.wait()
+
+        def gone():
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            # a zombie is gone too: its parent died and init has not reaped it yet
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().split()[2] == "Z"
+
+        assert wait_for(gone, 30.0)
+    finally:
+        parent.kill()
