@@ -245,7 +245,9 @@ class ObjectiveConfig:
             optimum, and the step must stay cheap.
         sinkhorn_iterations: inner Sinkhorn iterations per GW iteration.
         pose_weight: weight of the supervised end-effector pose loss when the batch has ground truth;
-            0 disables it.
+            0 disables it. The default is what the shipped model was trained with: live fine-tuning
+            without it (the alignment terms alone) moved the encoders under an unchanged pose head and
+            doubled the end-effector error within 40 s (docs/BENCHMARKS.md).
         lambda_entropy: UniOMA's remedy against lambda collapsing onto the modality with the smallest GW
             term: an entropy prior ``- lambda_entropy * H(lambda)``. With it the optimal weights are
             ``softmax(-alpha * d_gw / lambda_entropy)``: they still move away from a modality whose
@@ -265,7 +267,7 @@ class ObjectiveConfig:
     epsilon: float = 0.05
     gw_iterations: int = 10
     sinkhorn_iterations: int = 30
-    pose_weight: float = 0.0
+    pose_weight: float = 20.0
     lambda_entropy: float = 0.01
     otm_aligned: bool = True
     kernel_image_size: int = 16
