@@ -289,10 +289,14 @@ class PerceptionPipeline:
     def start_finetuning(self) -> None:
         """Start (or resume) the online trainer; its process is started the first time."""
         if self.trainer is None:
-            if self._tuner is None:
-                self._tuner = OnlineTrainer(self.model, self.config, self._install)
+            try:
+                if self._tuner is None:
+                    self._tuner = OnlineTrainer(self.model, self.config, self._install)
+                self._tuner.start()
+            except Exception as exc:  # fine-tuning is optional: inference goes on without it
+                self._count(f"online trainer could not start: {type(exc).__name__}: {exc}")
+                return
             self.trainer = self._tuner
-            self.trainer.start()
 
     def stop_finetuning(self) -> None:
         """Pause the online trainer after its current step; its last weights are installed."""

@@ -107,17 +107,22 @@ class Services:
         self.change_state = self.node.create_client(ChangeState, f"{PREFIX}/change_state")
         self.set_parameters = self.node.create_client(SetParameters, f"{PREFIX}/set_parameters")
 
-    def call(self, client: Any, request: Any, timeout: float = 20.0) -> Any:
+    def call(self, client: Any, request: Any, timeout: float = 20.0, attempts: int = 1) -> Any:
+        """One request, sent up to ``attempts`` times (for idempotent ones): a service can be discovered
+        before its responses can reach this client, and a response sent in between is lost."""
         assert client.wait_for_service(timeout_sec=START_TIMEOUT_S), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
-        assert future.done(), f"{client.srv_name} did not answer"
-        return future.result()
+        for _ in range(attempts):
+            future = client.call_async(request)
+            self.executor.spin_until_future_complete(future, timeout_sec=timeout / attempts)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+        raise AssertionError(f"{client.srv_name} did not answer")
 
     def state(self) -> str:
         from lifecycle_msgs.srv import GetState
 
-        return self.call(self.get_state, GetState.Request()).current_state.label
+        return self.call(self.get_state, GetState.Request(), attempts=4).current_state.label
 
     def transition(self, transition_id: int) -> bool:
         from lifecycle_msgs.srv import ChangeState
