@@ -1,11 +1,12 @@
 """Live fine-tuning in a child process: a replay buffer of recent windows and a trainer beside inference.
 
 :class:`OnlineTrainer` runs :func:`~.train.train_step` on batches drawn from a :class:`ReplayBuffer`
-in a separate process, started with ``spawn`` and lowered to niceness :data:`NICENESS`. A
+in a separate process, started with ``spawn`` and scheduled ``SCHED_IDLE`` (it runs only on CPU time
+nothing else wants). A
 training step is mostly Python (optimal-transport loops, autograd bookkeeping, and every
 ``swap_period_s`` an ONNX export); in a thread of the node it held the interpreter lock that the
 sensor reader and the inference worker need, and cost the node its latency tail. In a process of its own it
-shares nothing with them but the CPU, and the kernel gives the node's threads priority over it.
+shares nothing with them but the CPU, and the kernel preempts it whenever a thread of the node wakes.
 
 Traffic between the two processes, all plain picklable data:
 
@@ -49,7 +50,6 @@ from structalign_ros.core.train import make_optimizer, step_options, train_step
 
 log = logging.getLogger(__name__)
 
-NICENESS = 10  # added to the trainer process's niceness: the node's threads come first
 INBOX = 256  # windows in flight to the trainer before new ones are dropped
 POLL_S = 0.05  # the child's longest wait between looks at its commands and its parent
 
@@ -186,10 +186,7 @@ class OnlineTrainer:
             daemon=True,
         )
         self._process.start()
-        try:
-            os.setpriority(os.PRIO_PROCESS, self._process.pid, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
-        except OSError as exc:  # not fatal: training then competes with inference on equal terms
-            log.warning("could not lower the online trainer's priority: %s", exc)
+        _run_in_background(self._process.pid)
         self._receiver = threading.Thread(
             target=self._receive, name="structalign-trainer-receiver", daemon=True
         )
@@ -283,6 +280,17 @@ class OnlineTrainer:
             elif isinstance(item, _Failed):
                 self.error = item.reason
                 log.error("online trainer: %s", item.reason)
+
+
+def _run_in_background(pid: int) -> None:
+    """Give process ``pid`` (and the threads it starts later) the CPU only when nothing else wants it:
+    Linux's SCHED_IDLE policy, which a process may set for its own children without privileges. Not
+    fatal when refused (a sandbox may forbid it): training then competes with inference on equal
+    terms, which diagnostics would show as latency."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.warning("could not schedule the online trainer SCHED_IDLE: %s", exc)
 
 
 # -- child side -----------------------------------------------------------------------------------
