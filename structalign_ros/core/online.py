@@ -350,6 +350,7 @@ class _Child:
         p.skipped += int(metrics.get("skipped", 0.0))
         p.replay = len(self.buffer)
         p.metrics = {k: float(v) for k, v in metrics.items()}
+        p.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])  # shows a live change took effect
         p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
         self.outbox.put(copy.copy(p))
 

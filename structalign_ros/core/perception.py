@@ -371,6 +371,7 @@ class PerceptionPipeline:
                 "steps": self.steps,
                 "skipped": tuner.progress.skipped if tuner else 0,
                 "loss": (tuner.progress.metrics.get("loss") if tuner else None),
+                "lr": (tuner.progress.metrics.get("lr") if tuner else None),
                 "replay": tuner.progress.replay if tuner else 0,
                 "dropped": tuner.dropped if tuner else 0,
                 "error": tuner.error if tuner else "",

@@ -135,10 +135,13 @@ def test_pause_keeps_the_trainer_and_resume_continues(world):
         trainer.add(world.batch(16, seed=300)[0])  # ignored while paused
         time.sleep(0.5)
         assert trainer.progress.steps == paused_at and trainer.progress.replay == 64
+        assert trainer.progress.metrics["lr"] == 1e-3
+        trainer.update_config(config(swap_period_s=60.0, lr=0.0123))  # a live parameter change
         trainer.start()  # same process, same replay buffer: training goes straight on
         assert wait_for(lambda: trainer.progress.steps >= paused_at + 2), trainer.error
         assert trainer.stop()
         assert updates[-1].steps == trainer.progress.steps > paused_at
+        assert trainer.progress.metrics["lr"] == 0.0123
     finally:
         trainer.close()
 
