@@ -207,7 +207,7 @@ class OnlineTrainer:
         self.running = True
         self._commands.put(("run", None))
 
-    def stop(self, timeout: float = 30.0) -> bool:
+    def stop(self, timeout: float = 10.0) -> bool:
         """Pause after the current step; returns once the latest weights were published (True), or
         after ``timeout`` seconds or the child's failure (False)."""
         if self._process is None or not self.running:
