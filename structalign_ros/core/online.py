@@ -117,6 +117,16 @@ class Progress:
 
 
 @dataclass
+class _Weights:
+    """A :class:`WeightUpdate` on the wire: numpy arrays travel through the pipe, where torch tensors
+    would each be moved to shared memory and fetched back one socket handshake at a time."""
+
+    state: dict[str, np.ndarray]
+    onnx: bytes | None
+    steps: int
+
+
+@dataclass
 class _Paused:
     token: int
 
@@ -138,7 +148,8 @@ class OnlineTrainer:
     is called from a receiver thread with a complete :class:`WeightUpdate` (e.g. the pipeline's
     install into :meth:`runtime.Predictor.swap_weights`). The child process is started on the first
     :meth:`start`, keeps its model, optimiser and replay buffer across :meth:`stop`/:meth:`start`, and
-    ends with :meth:`close`.
+    ends with :meth:`close`. A child that died (see :attr:`error`) is replaced on the next
+    :meth:`start`, starting from the newest weights it had published.
 
     Args:
         model: the starting weights (copied to the child; the caller's model is not modified).
@@ -156,39 +167,57 @@ class OnlineTrainer:
         self.config = config
         self.publish = publish
         self.modalities = model.modalities
-        self._start = (
-            dict(model.specs),
-            model.cfg,
-            {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()},
-        )
+        self._specs, self._model_cfg = dict(model.specs), model.cfg
+        # what a (re)started child starts from: the newest published weights and their step count
+        self._seed = ({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, 0)
         self.progress = Progress()
         self.published = 0
+        self.sent = 0  # windows handed to the child
         self.dropped = 0  # windows not handed to the child because it lagged INBOX behind
-        self.error = ""  # why the child stopped, if it did on its own
         self.running = False
+        self._error = ""
         self._process: Any = None
         self._paused = threading.Condition()
         self._paused_token = 0
         self._token = 0
 
     # -- parent side ------------------------------------------------------------------------------
+    @property
+    def error(self) -> str:
+        """Why the child failed or stopped on its own ("" while all is well)."""
+        process = self._process
+        if not self._error and process is not None and process.exitcode not in (0, None):
+            return f"the online trainer process exited with code {process.exitcode}"
+        return self._error
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
     def _ensure_process(self) -> None:
-        if self._process is not None:
+        if self.alive:
             return
+        if self._process is not None:
+            log.warning("restarting the online trainer (%s)", self.error or "it had exited")
+            self.close()
         ctx = multiprocessing.get_context("spawn")
-        self._inbox = ctx.Queue(maxsize=INBOX)
-        self._commands = ctx.Queue()
-        self._outbox = ctx.Queue()
-        self._process = ctx.Process(
+        inbox, commands, outbox = ctx.Queue(maxsize=INBOX), ctx.Queue(), ctx.Queue()
+        for q in (inbox, commands):
+            q.cancel_join_thread()  # windows and commands for a child that is gone never delay our exit
+        state, steps = self._seed
+        process = ctx.Process(
             target=_child_main,
-            args=(*self._start, self.config, self._inbox, self._commands, self._outbox),
+            args=(self._specs, self._model_cfg, state, steps, self.config, inbox, commands, outbox),
             name="structalign-online-trainer",
             daemon=True,
         )
-        self._process.start()
-        _run_in_background(self._process.pid)
+        process.start()  # if this raises, nothing is kept and the next start tries again
+        self._inbox, self._commands, self._outbox, self._process = inbox, commands, outbox, process
+        self._error = ""
+        self.progress = Progress(steps=steps)
+        _run_in_background(process.pid)
         self._receiver = threading.Thread(
-            target=self._receive, name="structalign-trainer-receiver", daemon=True
+            target=self._receive, args=(process, outbox), name="structalign-trainer-receiver", daemon=True
         )
         self._receiver.start()
 
@@ -198,28 +227,33 @@ class OnlineTrainer:
             return
         try:
             self._inbox.put_nowait(_to_numpy(batch))
+            self.sent += len(batch)
         except queue.Full:
             self.dropped += len(batch)
+        except ValueError:  # closed by close() in another thread meanwhile
+            pass
 
     def start(self) -> None:
-        """Start (or resume) training; the first call starts the child process."""
+        """Start (or resume) training; starts the child process the first time, or after it died."""
         self._ensure_process()
         self.running = True
         self._commands.put(("run", None))
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Pause after the current step; returns once the latest weights were published (True), or
-        after ``timeout`` seconds or the child's failure (False)."""
-        if self._process is None or not self.running:
+        """Pause after the current step. True once the child has published its newest weights (also when
+        it was paused before), False after ``timeout`` seconds or when the child is gone."""
+        process = self._process
+        if process is None:
             return True
-        self.running = False
+        deadline = time.monotonic() + timeout
         with self._paused:
-            self._token += 1
+            if self.running:
+                self.running = False
+                self._token += 1
+                self._commands.put(("pause", self._token))
             token = self._token
-            self._commands.put(("pause", token))
-            self._paused.wait_for(
-                lambda: self._paused_token >= token or not self._process.is_alive(), timeout
-            )
+            while self._paused_token < token and process.is_alive() and time.monotonic() < deadline:
+                self._paused.wait(POLL_S * 4)
             return self._paused_token >= token
 
     def update_config(self, config: StructAlignConfig) -> None:
@@ -234,52 +268,55 @@ class OnlineTrainer:
         self.running = False
         if process is None:
             return
-        self._commands.put(("close", None))
-        process.join(timeout)
+        if process.is_alive():
+            self._commands.put(("close", None))
+            process.join(timeout)
         if process.is_alive():
             process.terminate()
             process.join(timeout)
         self._receiver.join(timeout)
         for q in (self._inbox, self._commands, self._outbox):
-            q.cancel_join_thread()  # never block on data nobody will read
+            q.cancel_join_thread()
             q.close()
 
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
-    def _receive(self) -> None:
-        process = self._process
+    def _receive(self, process: Any, outbox: Any) -> None:
         while True:
             try:
-                item = self._outbox.get(timeout=POLL_S * 4)
+                item = outbox.get(timeout=POLL_S * 4)
             except queue.Empty:
                 if process.is_alive():
                     continue
-                if process.exitcode not in (0, None) and not self.error:
-                    self.error = f"the online trainer process exited with code {process.exitcode}"
-                    log.error(self.error)
-                with self._paused:
-                    self._paused.notify_all()
-                return
-            except (EOFError, OSError):
-                return
+                break
+            except Exception as exc:  # unreadable: its writer died mid-message, or out of resources
+                if not process.is_alive():
+                    break
+                self._error = f"a message from the online trainer was unreadable: {type(exc).__name__}: {exc}"
+                log.error(self._error)
+                continue
             if isinstance(item, Progress):
                 self.progress = item
-            elif isinstance(item, WeightUpdate):
+            elif isinstance(item, _Weights):
+                self._seed = (item.state, item.steps)
+                update = WeightUpdate(
+                    {k: torch.from_numpy(v) for k, v in item.state.items()}, item.onnx, item.steps
+                )
                 try:
-                    self.publish(item)
+                    self.publish(update)
                     self.published += 1
                 except Exception as exc:  # weights that cannot be installed leave the current ones serving
-                    self.error = f"installing new weights failed: {exc}"
-                    log.error(self.error)
+                    self._error = f"installing new weights failed: {exc}"
+                    log.error(self._error)
             elif isinstance(item, _Paused):
                 with self._paused:
                     self._paused_token = max(self._paused_token, item.token)
                     self._paused.notify_all()
             elif isinstance(item, _Failed):
-                self.error = item.reason
+                self._error = item.reason
                 log.error("online trainer: %s", item.reason)
+        with self._paused:
+            self._paused.notify_all()
+        if self.error:
+            log.error("online trainer stopped: %s", self.error)
 
 
 def _run_in_background(pid: int) -> None:
@@ -302,6 +339,7 @@ class _Child:
         specs: dict[str, ModalitySpec],
         model_cfg: ModelConfig,
         state: dict[str, np.ndarray],
+        steps: int,
         config: StructAlignConfig,
         outbox: Any,
     ) -> None:
@@ -317,8 +355,8 @@ class _Child:
         self.buffer = ReplayBuffer(config.train.replay_capacity, model.modalities)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.outbox = outbox
-        self.progress = Progress()
-        self.published_at = 0
+        self.progress = Progress(steps=steps)
+        self.published_at = steps
 
     def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]) -> None:
         inputs, mask, pose = item
@@ -364,14 +402,22 @@ class _Child:
             snapshot = MultimodalModel(self.model.specs, self.model.cfg)
             snapshot.load_state_dict(state)
             onnx = onnx_bytes(snapshot)
-        self.outbox.put(WeightUpdate(state, onnx, self.progress.steps))
+        self.outbox.put(_Weights({k: v.numpy() for k, v in state.items()}, onnx, self.progress.steps))
         self.published_at = self.progress.steps
+
+
+def _exit_with(parent: Any) -> None:
+    """Watchdog thread of the child: end it the moment its parent is gone, wherever the loop is (it may
+    be blocked reading half a message its dead parent was writing)."""
+    parent.join()
+    os._exit(0)
 
 
 def _child_main(
     specs: dict[str, ModalitySpec],
     model_cfg: ModelConfig,
     state: dict[str, np.ndarray],
+    steps: int,
     config: StructAlignConfig,
     inbox: Any,
     commands: Any,
@@ -380,20 +426,27 @@ def _child_main(
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this one ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), name="parent-watchdog", daemon=True).start()
     try:
-        child = _Child(specs, model_cfg, state, config, outbox)
-    except Exception as exc:
-        outbox.put(_Failed(f"could not build the trainer: {type(exc).__name__}: {exc}"))
-        return
+        child = _Child(specs, model_cfg, state, steps, config, outbox)
+        _train(child, inbox, commands, outbox)
+    except BaseException as exc:
+        log.exception("online trainer failed")  # the traceback, on the node's standard error
+        outbox.put(_Failed(f"the trainer failed: {type(exc).__name__}: {exc}"))
+        raise
+
+
+def _train(child: _Child, inbox: Any, commands: Any, outbox: Any) -> None:
     running, last_swap, rest_until = False, time.monotonic(), 0.0
-    while parent is None or parent.is_alive():
+    while True:
         wait = max(POLL_S if not running else 0.0, rest_until - time.monotonic())
         try:
             command, arg = commands.get(timeout=wait) if wait > 0 else commands.get_nowait()
         except queue.Empty:
             command, arg = None, None
         if command == "close":
-            break
+            return
         if command == "run":
             running, last_swap = True, time.monotonic()
         elif command == "pause":
@@ -421,6 +474,3 @@ def _child_main(
             child.publish()
             last_swap = time.monotonic()
         rest_until = time.monotonic() + (time.monotonic() - started) * (1 / cfg.online_duty_cycle - 1)
-    if parent is not None and not parent.is_alive():
-        # nobody reads the outbox any more: exit without waiting to flush it (that would block forever)
-        outbox.cancel_join_thread()

@@ -146,7 +146,7 @@ class PerceptionPipeline:
         self.model_version = 0
         self.trainer: OnlineTrainer | None = None  # the online trainer while it runs
         self._tuner: OnlineTrainer | None = None
-        self._latest_state: dict[str, torch.Tensor] | None = None
+        self._latest: WeightUpdate | None = None  # the newest weights installed by the trainer
         self._arrivals: dict[int, int] = {}  # pivot stamp -> monotonic arrival (ns)
         self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
         self._last_push = time.monotonic_ns()
@@ -244,8 +244,9 @@ class PerceptionPipeline:
     def infer(self, window: Window) -> WindowOutput | None:
         """The model's outputs for ``window`` (None when it cannot be used: counted with the reason).
 
-        Thread-safe against :meth:`feed`; windows labelled with ground truth and at least two
-        modalities present (something to align) also go to the online trainer.
+        Thread-safe against :meth:`feed`; windows with at least two modalities present (something to
+        align) also go to the online trainer, when ``node.ground_truth_topic`` is set only those
+        labelled with ground truth.
         """
         t0 = time.monotonic_ns()
         pose = self._nearest_pose(window.stamp_ns)
@@ -259,7 +260,10 @@ class PerceptionPipeline:
             return None
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
-        if trainer is not None and int(batch.mask.sum()) >= 2:
+        labelled = pose is not None or not self.config.node.ground_truth_topic
+        if trainer is not None and labelled and int(batch.mask.sum()) >= 2:
+            # with a ground-truth topic only labelled windows: one unlabelled row in a sampled batch
+            # would switch the pose loss off for the whole step
             trainer.add(batch)
         mask = batch.mask[0].numpy()
         R = rotation_6d_to_matrix(out.pose[0, 3:].double())
@@ -299,12 +303,13 @@ class PerceptionPipeline:
             self.trainer = self._tuner
 
     def stop_finetuning(self) -> None:
-        """Pause the online trainer after its current step; its last weights are installed."""
-        trainer, self.trainer = self.trainer, None
-        if trainer is not None and not trainer.stop():
-            self._count(
-                f"online trainer did not pause in time{': ' + trainer.error if trainer.error else ''}"
-            )
+        """Pause the online trainer after its current step; its last weights are installed (also those
+        of an earlier pause that had not completed yet)."""
+        self.trainer = None
+        tuner = self._tuner
+        if tuner is not None and not tuner.stop():
+            reason = f": {tuner.error}" if tuner.error else ""
+            self._count(f"online trainer did not pause in time{reason}")
 
     def close(self) -> None:
         """End the online trainer's process (the pipeline keeps serving its current weights)."""
@@ -327,7 +332,7 @@ class PerceptionPipeline:
     def _install(self, update: WeightUpdate) -> None:
         """Called by the trainer's receiver thread with new weights."""
         self.predictor.swap_weights(update.state, update.onnx)
-        self._latest_state = update.state
+        self._latest = update
         self.model_version += 1
 
     def apply_config(self, config: StructAlignConfig) -> None:
@@ -338,12 +343,12 @@ class PerceptionPipeline:
 
     def save(self, path: str | Path) -> bool:
         """Checkpoint the newest installed weights atomically; False when nothing was fine-tuned yet."""
-        state = self._latest_state
-        if state is None:
+        latest = self._latest
+        if latest is None:
             return False
         model = copy.deepcopy(self.model)
-        model.load_state_dict(state)
-        save_checkpoint(path, model, self.config, self.steps)
+        model.load_state_dict(latest.state)
+        save_checkpoint(path, model, self.config, self.checkpoint_step + latest.steps)
         return True
 
     # -- diagnostics --------------------------------------------------------------------------
@@ -367,12 +372,13 @@ class PerceptionPipeline:
             "events": self.events.snapshot(),
             "latency_ms": self.latency.percentiles(),
             "finetune": {
-                "running": trainer is not None,
+                "running": trainer is not None and trainer.alive,
                 "steps": self.steps,
                 "skipped": tuner.progress.skipped if tuner else 0,
                 "loss": (tuner.progress.metrics.get("loss") if tuner else None),
                 "lr": (tuner.progress.metrics.get("lr") if tuner else None),
                 "replay": tuner.progress.replay if tuner else 0,
+                "sent": tuner.sent if tuner else 0,
                 "dropped": tuner.dropped if tuner else 0,
                 "error": tuner.error if tuner else "",
             },

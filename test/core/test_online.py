@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -176,7 +177,7 @@ def test_a_trainer_that_cannot_start_reports_why_and_publishes_nothing(world):
     try:
         bad.start()
         assert wait_for(lambda: bool(bad.error))
-        assert "could not build the trainer" in bad.error
+        assert "the trainer failed" in bad.error
         assert not bad.stop(timeout=5.0)
     finally:
         bad.close()
@@ -185,8 +186,9 @@ def test_a_trainer_that_cannot_start_reports_why_and_publishes_nothing(world):
 
 @pytest.mark.slow
 def test_the_child_exits_when_its_parent_is_killed(tmp_path):
-    # the parent dies while the child is training and publishing: the child's unread weights fill the
-    # pipe, which must not keep it from exiting
+    # the parent dies while it streams windows larger than a pipe holds (so its feeder is often halfway
+    # through one) and the child trains and publishes: the child must exit wherever it is, even in the
+    # middle of reading half a window
     script = textwrap.dedent(
         """
         import time
@@ -195,10 +197,11 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         from structalign_ros.core.online import OnlineTrainer
         from structalign_ros.core.synthetic import SyntheticWorld
 
-        world = SyntheticWorld(modalities=("rgb", "wrench"), image=16, steps=12)
-        batch, _ = world.batch(32, seed=0)
+        world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
+        batch, _ = world.batch(16, seed=0)
+        one, _ = world.batch(1, seed=1)  # 77 kB of camera frame
         cfg = StructAlignConfig()
-        cfg.model = ModelConfig(image_size=16)  # weights of ~1 MB: more than a pipe holds
+        cfg.model = ModelConfig(image_size=16)
         cfg.objective.name = "pairwise"
         cfg.train.min_replay, cfg.train.batch_size, cfg.train.swap_period_s = 16, 16, 0.05
         model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), cfg.model)
@@ -208,13 +211,16 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         while trainer.published < 1:
             time.sleep(0.05)
         print(trainer._process.pid, flush=True)
-        time.sleep(600)
+        while True:
+            trainer.add(one)
+            time.sleep(0.01)
         """
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())
         assert os.sched_getscheduler(child) == os.SCHED_IDLE  # it only gets CPU nobody else wants
+        time.sleep(1.0)
         parent.kill()
         parent.wait()
 
@@ -230,3 +236,59 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         assert wait_for(gone, 30.0)
     finally:
         parent.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_is_reported_and_restarts_from_its_last_weights(world):
+    model = make_model(world)
+    updates: list[WeightUpdate] = []
+    trainer = OnlineTrainer(model, config(swap_period_s=0.1), publish=updates.append)
+    try:
+        trainer.start()
+        trainer.add(world.batch(32, seed=500)[0])
+        assert wait_for(lambda: len(updates) >= 1), trainer.error
+        first = trainer._process.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: "exited with code -9" in trainer.error, 10)
+        assert not trainer.stop(timeout=2.0)  # no newest weights to wait for: it is gone
+        published = updates[-1].steps
+        trainer.start()  # a new process, from the newest weights it had published
+        assert trainer._process.pid != first and not trainer.error
+        assert trainer.progress.steps == published
+        trainer.add(world.batch(32, seed=501)[0])
+        assert wait_for(lambda: updates[-1].steps > published), trainer.error
+        assert trainer.stop()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_a_process_that_never_closes_its_trainer_still_exits():
+    script = textwrap.dedent(
+        """
+        import time
+        from structalign_ros.core.config import ModelConfig, StructAlignConfig
+        from structalign_ros.core.models import ModalitySpec, MultimodalModel
+        from structalign_ros.core.online import OnlineTrainer
+        from structalign_ros.core.synthetic import SyntheticWorld
+
+        world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
+        one, _ = world.batch(1, seed=1)
+        cfg = StructAlignConfig()
+        cfg.model = ModelConfig(image_size=16)
+        cfg.objective.name = "pairwise"
+        model = MultimodalModel(ModalitySpec.from_batch(one, world.kinds), cfg.model)
+        trainer = OnlineTrainer(model, cfg, publish=lambda update: None)
+        trainer.start()
+        for _ in range(300):  # more than the pipe and the queue hold: its feeder thread is stuck
+            trainer.add(one)
+        time.sleep(1.0)
+        print("leaving", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "leaving"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()

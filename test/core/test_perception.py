@@ -13,14 +13,15 @@ from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, c
 from structalign_ros.core.train import load_checkpoint
 
 
-def replay(pipeline, world, skip=lambda name, msg: False):
-    """Feed the episode in bag order; returns the outputs."""
+def replay(pipeline, world, skip=lambda name, msg: False, truth=True):
+    """Feed the episode in bag order (with its ground-truth poses when ``truth``); returns the outputs."""
     topics = {m.topic: n for n, m in world.config.modalities.items() if m.enabled}
     gt = world.config.sim.ee_pose_topic
     outputs = []
     for topic, _, msg in iter_messages([world.bag], [*topics, gt]):
         if topic == gt:
-            pipeline.on_ground_truth(msg)
+            if truth:
+                pipeline.on_ground_truth(msg)
         elif not skip(topics[topic], msg):
             outputs += pipeline.on_message(topics[topic], msg)
     return outputs
@@ -165,3 +166,18 @@ def test_a_disabled_modality_is_fed_as_missing(small_world):
     col = outputs[0].modalities.index("tactile")
     assert outputs and not any(o.mask[col] for o in outputs)
     assert all(o.weights[col] == 0 for o in outputs)
+
+
+def test_with_a_ground_truth_topic_only_labelled_windows_reach_the_trainer(small_world):
+    config = from_dict({**to_dict(small_world.config), "node": {"ground_truth_topic": "/ee_truth"}})
+    pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
+    pipeline.start_finetuning()
+    try:
+        # no ground truth arrived: every window is unlabelled, and one unlabelled row in a sampled batch
+        # would switch the pose loss off for the whole step
+        unlabelled = replay(pipeline, small_world, skip=lambda name, msg: False, truth=False)
+        assert unlabelled and pipeline.report()["finetune"]["sent"] == 0
+        labelled = replay(pipeline, small_world)
+        assert labelled and pipeline.report()["finetune"]["sent"] >= len(labelled) - 5
+    finally:
+        pipeline.close()
