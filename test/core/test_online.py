@@ -51,6 +51,12 @@ def wait_for(condition, seconds=60.0):
     return condition()
 
 
+def recording_trainer(model, **train):
+    """A trainer whose published updates are kept in the returned list."""
+    updates: list[WeightUpdate] = []
+    return OnlineTrainer(model, config(**train), publish=updates.append), updates
+
+
 def served_by(state, model, probe):
     """What a model holding ``state`` computes on ``probe``."""
     twin = MultimodalModel(model.specs, model.cfg)
@@ -123,8 +129,7 @@ def test_weights_trained_in_the_child_are_swapped_into_a_serving_predictor(world
 @pytest.mark.slow
 def test_pause_keeps_the_trainer_and_resume_continues(world):
     model = make_model(world)
-    updates: list[WeightUpdate] = []
-    trainer = OnlineTrainer(model, config(swap_period_s=60.0), publish=updates.append)
+    trainer, updates = recording_trainer(model, swap_period_s=60.0)
     try:
         trainer.start()
         for s in range(4):
@@ -151,8 +156,7 @@ def test_pause_keeps_the_trainer_and_resume_continues(world):
 def test_non_finite_windows_skip_steps_and_keep_the_weights(world):
     model = make_model(world)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    updates: list[WeightUpdate] = []
-    trainer = OnlineTrainer(model, config(swap_period_s=0.1), publish=updates.append)
+    trainer, updates = recording_trainer(model, swap_period_s=0.1)
     try:
         trainer.start()
         for s in range(2):
@@ -241,8 +245,7 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
 @pytest.mark.slow
 def test_a_killed_trainer_is_reported_and_restarts_from_its_last_weights(world):
     model = make_model(world)
-    updates: list[WeightUpdate] = []
-    trainer = OnlineTrainer(model, config(swap_period_s=0.1), publish=updates.append)
+    trainer, updates = recording_trainer(model, swap_period_s=0.1)
     try:
         trainer.start()
         trainer.add(world.batch(32, seed=500)[0])
