@@ -115,9 +115,11 @@ class WindowConfig:
         reorder_s: samples arriving out of order by up to this much are sorted in; older ones are
             dropped and counted. Windows wait this long past ``t`` for late samples, so it must not
             exceed ``timeout_s``. It sets a latency floor: a window completes at the first sample of
-            every stream later than ``t + reorder_s`` (with 100 Hz tactile, 3 ms gives 9 ms at the
-            median and 10 ms gave 16 ms, measured by ``bench/bench_node.py``). The live node feeds
-            each drained batch in stamp order, so a stream's own samples rarely arrive out of order.
+            every stream later than ``t + reorder_s`` (with 100 Hz tactile, measured by
+            ``bench/bench_node.py``: 1 ms gives 6 ms at the median, 3 ms gave 9 ms, 10 ms gave 16 ms).
+            One publisher's samples on one topic reach the node in order (DDS keeps a writer's order)
+            and the node feeds each drained batch in stamp order, so 1 ms (one sample of a 1 kHz
+            stream) is tolerance enough; raise it for a topic fed by several publishers.
         reset_s: a stamp this far behind the newest one is a clock jump (a bag looping, a new bag):
             every buffer is cleared.
         max_gap_s: a stream with a gap longer than this (or than 3 of its periods, or one resampling
@@ -129,7 +131,7 @@ class WindowConfig:
     span_s: float = 0.1
     timeout_s: float = 0.05
     pivot: str = "rgb"
-    reorder_s: float = 0.003
+    reorder_s: float = 0.001
     reset_s: float = 1.0
     max_gap_s: float = 0.025
 
