@@ -2,11 +2,11 @@
 
 :class:`OnlineTrainer` runs :func:`~.train.train_step` on batches drawn from a :class:`ReplayBuffer`
 in a separate process, started with ``spawn`` and scheduled ``SCHED_IDLE`` (it runs only on CPU time
-nothing else wants). A
-training step is mostly Python (optimal-transport loops, autograd bookkeeping, and every
-``swap_period_s`` an ONNX export); in a thread of the node it held the interpreter lock that the
-sensor reader and the inference worker need, and cost the node its latency tail. In a process of its own it
-shares nothing with them but the CPU, and the kernel preempts it whenever a thread of the node wakes.
+nothing else wants). A training step is mostly Python (optimal-transport loops, autograd bookkeeping,
+and every ``swap_period_s`` an ONNX export); in a thread of the node it held the interpreter lock that
+the sensor reader and the inference worker need, and cost the node its latency tail. In a process of
+its own it shares nothing with them but the CPU, and the kernel preempts it whenever a thread of the
+node wakes.
 
 Traffic between the two processes, all plain picklable data:
 
@@ -51,7 +51,7 @@ from structalign_ros.core.train import make_optimizer, step_options, train_step
 log = logging.getLogger(__name__)
 
 INBOX = 256  # windows in flight to the trainer before new ones are dropped
-POLL_S = 0.05  # the child's longest wait between looks at its commands and its parent
+POLL_S = 0.05  # the child's longest idle wait for a command; the receiver's is 4x this
 
 
 class ReplayBuffer:
@@ -97,7 +97,7 @@ class WeightUpdate:
     Attributes:
         state: the model's CPU ``state_dict``.
         onnx: the same weights exported to ONNX (when the node's backend is ONNX Runtime), else None.
-        steps: optimisation steps behind them (this run's).
+        steps: this trainer's optimisation steps behind them (skipped ones included).
     """
 
     state: dict[str, Tensor]

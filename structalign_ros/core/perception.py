@@ -144,8 +144,7 @@ class PerceptionPipeline:
         self.windows = 0
         self.outputs = 0
         self.model_version = 0
-        self.trainer: OnlineTrainer | None = None  # the online trainer while it runs
-        self._tuner: OnlineTrainer | None = None
+        self.trainer: OnlineTrainer | None = None  # built on the first start_finetuning
         self._latest: WeightUpdate | None = None  # the newest weights installed by the trainer
         self._arrivals: dict[int, int] = {}  # pivot stamp -> monotonic arrival (ns)
         self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
@@ -261,7 +260,7 @@ class PerceptionPipeline:
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
         labelled = pose is not None or not self.config.node.ground_truth_topic
-        if trainer is not None and labelled and int(batch.mask.sum()) >= 2:
+        if trainer is not None and trainer.running and labelled and int(batch.mask.sum()) >= 2:
             # with a ground-truth topic only labelled windows: one unlabelled row in a sampled batch
             # would switch the pose loss off for the whole step
             trainer.add(batch)
@@ -292,21 +291,18 @@ class PerceptionPipeline:
     # -- fine-tuning --------------------------------------------------------------------------
     def start_finetuning(self) -> None:
         """Start (or resume) the online trainer; its process is started the first time."""
-        if self.trainer is None:
-            try:
-                if self._tuner is None:
-                    self._tuner = OnlineTrainer(self.model, self.config, self._install)
-                self._tuner.start()
-            except Exception as exc:  # fine-tuning is optional: inference goes on without it
-                self._count(f"online trainer could not start: {type(exc).__name__}: {exc}")
-                return
-            self.trainer = self._tuner
+        try:
+            if self.trainer is None:
+                self.trainer = OnlineTrainer(self.model, self.config, self._install)
+            if not self.trainer.running:
+                self.trainer.start()
+        except Exception as exc:  # fine-tuning is optional: inference goes on without it
+            self._count(f"online trainer could not start: {type(exc).__name__}: {exc}")
 
     def stop_finetuning(self) -> None:
         """Pause the online trainer after its current step; its last weights are installed (also those
         of an earlier pause that had not completed yet)."""
-        self.trainer = None
-        tuner = self._tuner
+        tuner = self.trainer
         if tuner is not None and not tuner.stop():
             reason = f": {tuner.error}" if tuner.error else ""
             self._count(f"online trainer did not pause in time{reason}")
@@ -314,20 +310,20 @@ class PerceptionPipeline:
     def close(self) -> None:
         """End the online trainer's process (the pipeline keeps serving its current weights)."""
         self.stop_finetuning()
-        tuner, self._tuner = self._tuner, None
+        tuner, self.trainer = self.trainer, None
         if tuner is not None:
             tuner.close()
 
     def learned_weights(self) -> dict[str, float]:
         """The global modality weights lambda = softmax(logits) of the newest weights (fine-tuned or not)."""
-        tuned = self._tuner.progress.lambdas if self._tuner is not None else None
+        tuned = self.trainer.progress.lambdas if self.trainer is not None else None
         values = tuned if tuned is not None else [float(v) for v in self.model.lambdas.detach()]
         return dict(zip(self.modalities, values, strict=True))
 
     @property
     def steps(self) -> int:
         """Optimisation steps behind the current weights (the checkpoint's and this run's)."""
-        return self.checkpoint_step + (self._tuner.progress.steps if self._tuner is not None else 0)
+        return self.checkpoint_step + (self.trainer.progress.steps if self.trainer is not None else 0)
 
     def _install(self, update: WeightUpdate) -> None:
         """Called by the trainer's receiver thread with new weights."""
@@ -338,8 +334,8 @@ class PerceptionPipeline:
     def apply_config(self, config: StructAlignConfig) -> None:
         """Take over the run-time-safe settings of ``config`` (see the node's live parameters)."""
         self.config = config
-        if self._tuner is not None:
-            self._tuner.update_config(config)
+        if self.trainer is not None:
+            self.trainer.update_config(config)
 
     def save(self, path: str | Path) -> bool:
         """Checkpoint the newest installed weights atomically; False when nothing was fine-tuned yet."""
@@ -358,7 +354,7 @@ class PerceptionPipeline:
             stats = self.assembler.stats
             masked, dropped = dict(stats.masked), dict(stats.dropped)
             resets, pending = stats.resets, self.assembler.pending
-        trainer, tuner = self.trainer, self._tuner
+        tuner = self.trainer
         errors = np.array(self.pose_errors) if self.pose_errors else np.zeros((0, 2))
         return {
             "windows": self.windows,
@@ -372,7 +368,7 @@ class PerceptionPipeline:
             "events": self.events.snapshot(),
             "latency_ms": self.latency.percentiles(),
             "finetune": {
-                "running": trainer is not None and trainer.alive,
+                "running": tuner is not None and tuner.running and tuner.alive,
                 "steps": self.steps,
                 "skipped": tuner.progress.skipped if tuner else 0,
                 "loss": (tuner.progress.metrics.get("loss") if tuner else None),
