@@ -1,8 +1,10 @@
 """Live fine-tuning in a child process: a replay buffer of recent windows and a trainer beside inference.
 
 :class:`OnlineTrainer` runs :func:`~.train.train_step` on batches drawn from a :class:`ReplayBuffer`
-in a separate process, started with ``spawn`` and scheduled ``SCHED_IDLE`` (it runs only on CPU time
-nothing else wants). A training step is mostly Python (optimal-transport loops, autograd bookkeeping,
+in a separate process, started with ``spawn``. Once it has imported torch and built its model it
+schedules itself ``SCHED_IDLE`` (from then on it runs only on CPU time nothing else wants); the start-up
+itself runs at normal priority, or a busy machine could starve it for many seconds before the first
+step. A training step is mostly Python (optimal-transport loops, autograd bookkeeping,
 and every ``swap_period_s`` an ONNX export); in a thread of the node it held the interpreter lock that
 the sensor reader and the inference worker need, and cost the node its latency tail. In a process of
 its own it shares nothing with them but the CPU, and the kernel preempts it whenever a thread of the
@@ -215,7 +217,6 @@ class OnlineTrainer:
         self._inbox, self._commands, self._outbox, self._process = inbox, commands, outbox, process
         self._error = ""
         self.progress = Progress(steps=steps)
-        _run_in_background(process.pid)
         self._receiver = threading.Thread(
             target=self._receive, args=(process, outbox), name="structalign-trainer-receiver", daemon=True
         )
@@ -319,13 +320,13 @@ class OnlineTrainer:
             log.error("online trainer stopped: %s", self.error)
 
 
-def _run_in_background(pid: int) -> None:
-    """Give process ``pid`` (and the threads it starts later) the CPU only when nothing else wants it:
-    Linux's SCHED_IDLE policy, which a process may set for its own children without privileges. Not
-    fatal when refused (a sandbox may forbid it): training then competes with inference on equal
-    terms, which diagnostics would show as latency."""
+def _run_in_background() -> None:
+    """Give the calling thread (and the threads it starts later) the CPU only when nothing else wants
+    it: Linux's SCHED_IDLE policy, which any thread may choose for itself without privileges. Not fatal
+    when refused (a sandbox may forbid it): training then competes with inference on equal terms, which
+    diagnostics would show as latency."""
     try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except OSError as exc:
         log.warning("could not schedule the online trainer SCHED_IDLE: %s", exc)
 
@@ -430,6 +431,9 @@ def _child_main(
         threading.Thread(target=_exit_with, args=(parent,), name="parent-watchdog", daemon=True).start()
     try:
         child = _Child(specs, model_cfg, state, steps, config, outbox)
+        # Start-up (interpreter, torch import, model) ran at normal priority: under SCHED_IDLE beside a
+        # busy node it took 4-10 s instead of 2-4 s before the first step. Training itself yields.
+        _run_in_background()
         _train(child, inbox, commands, outbox)
     except BaseException as exc:
         log.exception("online trainer failed")  # the traceback, on the node's standard error
