@@ -388,12 +388,15 @@ class NodeConfig:
             ``train.checkpoint_dir`` takes precedence, so fine-tuning survives a restart.
         base_frame: frame of the end-effector pose output (REP-105 ``base_link``).
         marker_frame: frame the RViz weight bar chart is drawn in.
-        finetune: fine-tune online (GW-regularised, in a background thread) while running.
+        finetune: fine-tune online (GW-regularised, in a background process) while running.
         ground_truth_topic: optional ``geometry_msgs/PoseStamped`` of the true end-effector pose; used
             as supervision while fine-tuning and to report the pose error in diagnostics.
         checkpoint_period_s: how often fine-tuned weights are checkpointed (also on shutdown).
         diagnostics_period_s: period of the ``/diagnostics`` report.
         marker_lifetime_s: lifetime of the RViz markers, so a stopped node's chart disappears.
+        stall_warn_s: diagnostics warn when the online trainer, with enough windows to train on, has
+            finished no step for this long (it only gets CPU time nothing else wants, so a saturated
+            machine starves it).
     """
 
     model: str = ""
@@ -404,11 +407,12 @@ class NodeConfig:
     checkpoint_period_s: float = 60.0
     diagnostics_period_s: float = 1.0
     marker_lifetime_s: float = 0.5
+    stall_warn_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.base_frame or not self.marker_frame:
             raise ConfigError("base_frame and marker_frame must not be empty")
-        for name in ("checkpoint_period_s", "diagnostics_period_s", "marker_lifetime_s"):
+        for name in ("checkpoint_period_s", "diagnostics_period_s", "marker_lifetime_s", "stall_warn_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
 

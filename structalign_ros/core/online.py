@@ -177,6 +177,7 @@ class OnlineTrainer:
         self.sent = 0  # windows handed to the child
         self.dropped = 0  # windows not handed to the child because it lagged INBOX behind
         self.running = False
+        self._stepped_at = 0.0  # monotonic time of the last step (or of start(), before one)
         self._error = ""
         self._process: Any = None
         self._paused = threading.Condition()
@@ -191,6 +192,11 @@ class OnlineTrainer:
         if not self._error and process is not None and process.exitcode not in (0, None):
             return f"the online trainer process exited with code {process.exitcode}"
         return self._error
+
+    @property
+    def since_step_s(self) -> float:
+        """Seconds since the child's last step, or since :meth:`start` before its first; 0 while paused."""
+        return time.monotonic() - self._stepped_at if self.running else 0.0
 
     @property
     def alive(self) -> bool:
@@ -237,6 +243,7 @@ class OnlineTrainer:
     def start(self) -> None:
         """Start (or resume) training; starts the child process the first time, or after it died."""
         self._ensure_process()
+        self._stepped_at = time.monotonic()
         self.running = True
         self._commands.put(("run", None))
 
@@ -296,6 +303,7 @@ class OnlineTrainer:
                 continue
             if isinstance(item, Progress):
                 self.progress = item
+                self._stepped_at = time.monotonic()
             elif isinstance(item, _Weights):
                 self._seed = (item.state, item.steps)
                 update = WeightUpdate(

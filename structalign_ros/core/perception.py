@@ -348,6 +348,19 @@ class PerceptionPipeline:
         return True
 
     # -- diagnostics --------------------------------------------------------------------------
+    def _stall_warning(self) -> str:
+        """Why a running trainer makes no progress ("" when it does, or is not meant to)."""
+        tuner = self.trainer
+        if tuner is None or not tuner.running or tuner.sent < self.config.train.min_replay:
+            return ""  # off, or still collecting its first min_replay windows
+        idle = tuner.since_step_s
+        if idle <= self.config.node.stall_warn_s:
+            return ""
+        return (
+            f"no fine-tuning step for {idle:.0f} s: the trainer only gets CPU time nothing else wants, "
+            "and this machine has none to spare"
+        )
+
     def report(self) -> dict[str, Any]:
         """Counters and percentiles for diagnostics and summaries (plain data)."""
         with self.lock:
@@ -377,6 +390,8 @@ class PerceptionPipeline:
                 "sent": tuner.sent if tuner else 0,
                 "dropped": tuner.dropped if tuner else 0,
                 "error": tuner.error if tuner else "",
+                "since_step_s": tuner.since_step_s if tuner else 0.0,
+                "warning": self._stall_warning(),
             },
             "model_version": self.model_version,
             "providers": list(self.predictor.providers),

@@ -3,7 +3,8 @@
 Three statuses per node, named ``<node>: windows``, ``<node>: fine-tuning`` and ``<node>: runtime``,
 so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the node is active but no
 window came out during the last period, WARN when windows were masked or messages dropped during it,
-else OK; the message says why.
+else OK; the fine-tuning status is WARN when the online trainer failed, or has had windows to train
+on but finished no step for ``node.stall_warn_s``. Each message says why.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def diagnostic_array(
             values[f"ee_error.{key}"] = value
     windows = DiagnosticStatus(level=level, name=f"{node}: windows", message=message, values=_kv(values))
     ft = report["finetune"]
+    problem = ft["error"] or ft["warning"]
     tuning = DiagnosticStatus(
-        level=DiagnosticStatus.WARN if ft["error"] else DiagnosticStatus.OK,
+        level=DiagnosticStatus.WARN if problem else DiagnosticStatus.OK,
         name=f"{node}: fine-tuning",
-        message=ft["error"] or ("running" if ft["running"] else "off"),
+        message=problem or ("running" if ft["running"] else "off"),
         values=_kv({**ft, "model_version": report["model_version"]}),
     )
     runtime = DiagnosticStatus(

@@ -84,6 +84,7 @@ CHECKPOINT = "last.pt"
 LIVE = (
     "node.finetune",
     "node.marker_lifetime_s",
+    "node.stall_warn_s",
     "train.lr",
     "train.weight_decay",
     "train.grad_clip",

@@ -1,5 +1,7 @@
 """The live perception path without ROS: a recorded episode replayed message by message."""
 
+import os
+import signal
 import time
 from collections import Counter
 
@@ -180,4 +182,40 @@ def test_with_a_ground_truth_topic_only_labelled_windows_reach_the_trainer(small
         labelled = replay(pipeline, small_world)
         assert labelled and pipeline.report()["finetune"]["sent"] >= len(labelled) - 5
     finally:
+        pipeline.close()
+
+
+@pytest.mark.slow
+def test_a_starved_trainer_is_reported_and_the_report_clears_when_it_steps_again(small_world):
+    config = from_dict({**to_dict(small_world.config), "node": {"stall_warn_s": 1.0}})
+    pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
+
+    def finetune():
+        return pipeline.report()["finetune"]
+
+    def wait_for(condition, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return condition()
+
+    pipeline.start_finetuning()
+    child = pipeline.trainer._process.pid
+    try:
+        time.sleep(1.5)  # longer than stall_warn_s, but no window yet: waiting for data is no stall
+        assert finetune()["warning"] == "" and finetune()["since_step_s"] > 1.0
+        replay(pipeline, small_world)
+        assert wait_for(lambda: finetune()["steps"] >= 1)
+        assert finetune()["warning"] == ""
+        os.kill(child, signal.SIGSTOP)  # alive, but it gets no CPU: what a saturated machine does to it
+        assert wait_for(lambda: finetune()["warning"] != "", 10.0)
+        stalled = finetune()
+        assert stalled["warning"].startswith("no fine-tuning step for") and stalled["since_step_s"] > 1.0
+        assert stalled["running"] and not stalled["error"]
+        os.kill(child, signal.SIGCONT)
+        assert wait_for(lambda: finetune()["steps"] > stalled["steps"] and finetune()["warning"] == "")
+        pipeline.stop_finetuning()
+        assert finetune()["since_step_s"] == 0.0 and finetune()["warning"] == ""  # paused: not a stall
+    finally:
+        os.kill(child, signal.SIGCONT)
         pipeline.close()

@@ -524,3 +524,25 @@ def test_use_sim_time_follows_the_played_clock(small_world, recorded, ros_env, t
     bag_end = max(recorded)
     stamped = [r.stamp_ns for r in got["/diagnostics"] if r.stamp_ns > 0]
     assert stamped and all(s <= bag_end + 1_000_000_000 for s in stamped)
+
+
+def test_a_failed_or_stalled_trainer_makes_the_fine_tuning_status_warn(small_world):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from structalign_ros.core.perception import PerceptionPipeline
+    from structalign_ros.ros.diagnostics import diagnostic_array
+
+    report = PerceptionPipeline(small_world.config, load_checkpoint(small_world.checkpoint)).report()
+
+    def tuning(**finetune):
+        report["finetune"].update(finetune)
+        array = diagnostic_array(0, "n", report, 30.0, 0, True, {})
+        return next((s.level, s.message) for s in array.status if s.name == "n: fine-tuning")
+
+    assert tuning() == (DiagnosticStatus.OK, "off")
+    assert tuning(running=True) == (DiagnosticStatus.OK, "running")
+    assert tuning(warning="no fine-tuning step for 31 s") == (
+        DiagnosticStatus.WARN,
+        "no fine-tuning step for 31 s",
+    )
+    assert tuning(error="the trainer failed: boom") == (DiagnosticStatus.WARN, "the trainer failed: boom")
