@@ -15,9 +15,11 @@ Traffic between the two processes, all plain picklable data:
 - windows in (:meth:`OnlineTrainer.add`, non-blocking: when the trainer lags ``INBOX`` windows
   behind, new ones are dropped and counted, never waited for);
 - commands in (run, pause, new settings, close);
-- out: a :class:`Progress` after every step, and a :class:`WeightUpdate` every ``swap_period_s``
-  (and on pause) carrying the state dict and, for the ONNX backend, the weights already exported,
-  so that installing them in the node only builds a session (which releases the interpreter lock).
+- out, over a one-way pipe that only the child writes (so a child that dies halfway through a
+  message leaves an end of file): a :class:`Progress` after every step, and a :class:`WeightUpdate`
+  every ``swap_period_s`` (and on pause) carrying the state dict and, for the ONNX backend, the
+  weights already exported, so that installing them in the node only builds a session (which
+  releases the interpreter lock).
 
 A receiver thread in the parent hands each :class:`WeightUpdate` to ``publish``. The child exits
 when told to, when its parent process has gone (a killed node leaves no trainer behind) and on
@@ -27,6 +29,7 @@ any error, which is reported back; inference goes on regardless.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import logging
 import multiprocessing
@@ -209,17 +212,24 @@ class OnlineTrainer:
             log.warning("restarting the online trainer (%s)", self.error or "it had exited")
             self.close()
         ctx = multiprocessing.get_context("spawn")
-        inbox, commands, outbox = ctx.Queue(maxsize=INBOX), ctx.Queue(), ctx.Queue()
+        inbox, commands = ctx.Queue(maxsize=INBOX), ctx.Queue()
+        # Results come back through a one-way pipe whose writing end only the child holds, so a child
+        # that dies halfway through a message leaves the receiver an end of file, not a read that
+        # never completes.
+        outbox, child_end = ctx.Pipe(duplex=False)
         for q in (inbox, commands):
             q.cancel_join_thread()  # windows and commands for a child that is gone never delay our exit
         state, steps = self._seed
         process = ctx.Process(
             target=_child_main,
-            args=(self._specs, self._model_cfg, state, steps, self.config, inbox, commands, outbox),
+            args=(self._specs, self._model_cfg, state, steps, self.config, inbox, commands, child_end),
             name="structalign-online-trainer",
             daemon=True,
         )
-        process.start()  # if this raises, nothing is kept and the next start tries again
+        try:
+            process.start()  # if this raises, nothing is kept and the next start tries again
+        finally:
+            child_end.close()
         self._inbox, self._commands, self._outbox, self._process = inbox, commands, outbox, process
         self._error = ""
         self.progress = Progress(steps=steps)
@@ -283,21 +293,20 @@ class OnlineTrainer:
             process.terminate()
             process.join(timeout)
         self._receiver.join(timeout)
-        for q in (self._inbox, self._commands, self._outbox):
+        for q in (self._inbox, self._commands):
             q.cancel_join_thread()
             q.close()
+        self._outbox.close()
 
     def _receive(self, process: Any, outbox: Any) -> None:
         while True:
             try:
-                item = outbox.get(timeout=POLL_S * 4)
-            except queue.Empty:
-                if process.is_alive():
+                if not outbox.poll(POLL_S * 4):
                     continue
+                item = outbox.recv()
+            except (EOFError, OSError):  # the child closed its end: it is exiting or gone, maybe mid-message
                 break
-            except Exception as exc:  # unreadable: its writer died mid-message, or out of resources
-                if not process.is_alive():
-                    break
+            except Exception as exc:  # a whole message that does not unpickle: the next one still reads
                 self._error = f"a message from the online trainer was unreadable: {type(exc).__name__}: {exc}"
                 log.error(self._error)
                 continue
@@ -399,7 +408,7 @@ class _Child:
         p.metrics = {k: float(v) for k, v in metrics.items()}
         p.metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])  # shows a live change took effect
         p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
-        self.outbox.put(copy.copy(p))
+        self.outbox.send(copy.copy(p))
 
     def publish(self) -> None:
         """Send the current weights (exported to ONNX too when the node runs ONNX Runtime)."""
@@ -411,7 +420,7 @@ class _Child:
             snapshot = MultimodalModel(self.model.specs, self.model.cfg)
             snapshot.load_state_dict(state)
             onnx = onnx_bytes(snapshot)
-        self.outbox.put(_Weights({k: v.numpy() for k, v in state.items()}, onnx, self.progress.steps))
+        self.outbox.send(_Weights({k: v.numpy() for k, v in state.items()}, onnx, self.progress.steps))
         self.published_at = self.progress.steps
 
 
@@ -445,7 +454,8 @@ def _child_main(
         _train(child, inbox, commands, outbox)
     except BaseException as exc:
         log.exception("online trainer failed")  # the traceback, on the node's standard error
-        outbox.put(_Failed(f"the trainer failed: {type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):  # the node may be gone: then nobody is listening
+            outbox.send(_Failed(f"the trainer failed: {type(exc).__name__}: {exc}"))
         raise
 
 
@@ -464,7 +474,7 @@ def _train(child: _Child, inbox: Any, commands: Any, outbox: Any) -> None:
         elif command == "pause":
             running = False
             child.publish()
-            outbox.put(_Paused(arg))
+            outbox.send(_Paused(arg))
         elif command == "config":
             child.set_config(arg)
         if command is not None:

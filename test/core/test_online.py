@@ -266,6 +266,40 @@ def test_a_killed_trainer_is_reported_and_restarts_from_its_last_weights(world):
 
 
 @pytest.mark.slow
+def test_a_trainer_killed_halfway_through_a_message_leaves_no_reader_behind(world):
+    # While the node is busy installing weights, the child trains on and writes until the pipe is full:
+    # it blocks halfway through its next weights (about 0.5 MB, more than a pipe holds). Killed there,
+    # it leaves half a message, which must read as the end of the stream, not as a read that never ends.
+    batch, _ = world.batch(64, seed=0)
+    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), ModelConfig(embed_dim=64, width=32))
+    installing, release = threading.Event(), threading.Event()
+
+    def slow_install(update):
+        installing.set()
+        release.wait(60)
+
+    trainer = OnlineTrainer(model, config(swap_period_s=0.05), publish=slow_install)
+    try:
+        trainer.start()
+        trainer.add(world.batch(32, seed=600)[0])
+        assert installing.wait(60), trainer.error
+        receiver, first = trainer._receiver, trainer._process.pid
+        time.sleep(3.0)  # a few more steps and weights: the pipe fills
+        os.kill(first, signal.SIGKILL)
+        release.set()
+        assert wait_for(lambda: not receiver.is_alive(), 10)
+        assert wait_for(lambda: "exited with code -9" in trainer.error, 10)
+        trainer.start()  # and a new child serves again
+        trainer.add(world.batch(32, seed=601)[0])
+        assert wait_for(lambda: trainer.published >= 2 and trainer._process.pid != first), trainer.error
+    finally:
+        release.set()
+        started = time.monotonic()
+        trainer.close()
+    assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.slow
 def test_a_process_that_never_closes_its_trainer_still_exits():
     script = textwrap.dedent(
         """
