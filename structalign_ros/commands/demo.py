@@ -174,14 +174,17 @@ def run(args: argparse.Namespace) -> int:
                     f"(model {node.model_source}, backend {node.pipeline.predictor.backend})"
                 )
                 start = time.monotonic()
+                # the report counts all steps behind the weights, the checkpoint's too; show this run's
+                before = node.pipeline.checkpoint_step
                 while (left := args.seconds - (time.monotonic() - start)) > 0:
                     time.sleep(min(10.0, left))
                     report = node.pipeline.report()
                     say(
                         f"  {time.monotonic() - start:5.0f} s: {report['outputs']} windows, "
-                        f"fine-tune steps {report['finetune']['steps']}"
+                        f"fine-tune steps {report['finetune']['steps'] - before}"
                     )
                 report = node.pipeline.report()
+                steps = report["finetune"]["steps"] - before
                 latency = node.pipeline.latency.samples("end_to_end")
                 _stop_simulator(sim)
                 learned = {n: round(v, 4) for n, v in node.pipeline.learned_weights().items()}
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         "weights": learned,
         "ee_pos_err_mm": _round(float(errors[:, 1].mean()) if len(errors) else None),
         "ee_rot_err_deg": _round(float(errors[:, 2].mean()) if len(errors) else None),
-        "finetune_steps": report["finetune"]["steps"],
+        "finetune_steps": steps,
         "sim_realtime_factor": monitor.realtime_factor(),
     }
     say("")
