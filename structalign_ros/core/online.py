@@ -171,7 +171,6 @@ class OnlineTrainer:
     ) -> None:
         self.config = config
         self.publish = publish
-        self.modalities = model.modalities
         self._specs, self._model_cfg = dict(model.specs), model.cfg
         # what a (re)started child starts from: the newest published weights and their step count
         self._seed = ({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, 0)
@@ -294,8 +293,7 @@ class OnlineTrainer:
             process.join(timeout)
         self._receiver.join(timeout)
         for q in (self._inbox, self._commands):
-            q.cancel_join_thread()
-            q.close()
+            q.close()  # their feeder threads were told at creation never to delay our exit
         self._outbox.close()
 
     def _receive(self, process: Any, outbox: Any) -> None:

@@ -260,7 +260,7 @@ class PerceptionPipeline:
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
         labelled = pose is not None or not self.config.node.ground_truth_topic
-        if trainer is not None and trainer.running and labelled and int(batch.mask.sum()) >= 2:
+        if trainer is not None and labelled and int(batch.mask.sum()) >= 2:
             # with a ground-truth topic only labelled windows: one unlabelled row in a sampled batch
             # would switch the pose loss off for the whole step
             trainer.add(batch)
