@@ -29,6 +29,12 @@ RELIABILITIES = ("best_effort", "reliable")
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # The simulated arm's joints (structalign_ros.core.sim), the default joint order.
 SIM_JOINTS = "shoulder_pan_joint,shoulder_lift_joint,elbow_joint,wrist_pitch_joint"
+# Every simulated arm (``sim.robot``) and its joints in actuator order; "arm4" is the default.
+SIM_ROBOTS = {
+    "arm4": SIM_JOINTS,
+    "arm6": "base_yaw_joint,shoulder_pitch_joint,elbow_pitch_joint,wrist_pitch_joint,wrist_yaw_joint,"
+    "tool_roll_joint",
+}
 
 
 class ConfigError(ValueError):
@@ -157,6 +163,10 @@ class SimConfig:
     ``modalities``.
 
     Args:
+        robot: the simulated arm, one of ``SIM_ROBOTS``: ``arm4`` (pan + 3 pitch joints, the default) or
+            ``arm6`` (6 joints with a spherical wrist, other links and camera). The enabled ``joints``
+            modality must list exactly that arm's joints (the defaults list ``arm4``'s; see
+            ``config/sim_arm6.yaml``); the simulator refuses a mismatch.
         width: camera image width in pixels.
         height: camera image height in pixels.
         depth_encoding: ``16UC1`` (millimetres) or ``32FC1`` (metres).
@@ -172,6 +182,7 @@ class SimConfig:
         publish_clock: the live simulated robot also publishes ``/clock`` (for ``use_sim_time``).
     """
 
+    robot: str = "arm4"
     width: int = 128
     height: int = 128
     depth_encoding: str = "16UC1"
@@ -186,6 +197,8 @@ class SimConfig:
     publish_clock: bool = False
 
     def __post_init__(self) -> None:
+        if self.robot not in SIM_ROBOTS:
+            raise ConfigError(f"robot={self.robot!r} is not one of {tuple(SIM_ROBOTS)}")
         if not self.episode_s > 0:
             raise ConfigError(f"episode_s={self.episode_s} must be > 0")
         for name in ("width", "height", "taxel_rows", "taxel_cols"):

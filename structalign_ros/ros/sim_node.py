@@ -40,6 +40,7 @@ from rosgraph_msgs.msg import Clock
 from structalign_ros.core.config import ConfigError
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import Reading, SimRobot
+from structalign_ros.core.sim.scene import arm_for
 from structalign_ros.ros.messages import rclpy_class, time_msg, to_rclpy
 from structalign_ros.ros.params import declare_config, node_options
 
@@ -84,6 +85,7 @@ class SimNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_options(), **kwargs)
         self.config = declare_config(self)
+        arm_for(self.config)  # a joints modality that does not fit sim.robot fails here, not in the thread
         self.topics = topics_by_kind(self.config)
         self._pubs = {
             kind: self.create_publisher(rclpy_class(MSG_TYPES[kind]), topic, QOS)

@@ -19,7 +19,7 @@ from structalign_ros.core.bags import BagWriter, image_msg, imu_msg, joint_state
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import DEPTH_MM_PER_M
 from structalign_ros.core.sim.robot import Reading, SimRobot
-from structalign_ros.core.sim.scene import JOINTS
+from structalign_ros.core.sim.scene import ARMS
 
 FRAMES = {
     "image": "camera_color_optical_frame",
@@ -65,7 +65,7 @@ def reading_to_msg(reading: Reading, config: StructAlignConfig) -> Any:
     if kind == "imu":
         return imu_msg(stamp, frame, v[:3], v[3:6], v[6:10])
     if kind == "joints":
-        return joint_state_msg(stamp, JOINTS, v)
+        return joint_state_msg(stamp, ARMS[config.sim.robot].joints, v)
     if kind in ("ee_pose", "object_pose"):
         return pose_msg(stamp, frame, v[:3], v[3:7])
     raise ValueError(f"no message type for reading kind {kind!r}")

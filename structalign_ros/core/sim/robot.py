@@ -15,7 +15,7 @@ import numpy as np
 from structalign_ros.core.config import ConfigError, StructAlignConfig
 from structalign_ros.core.sim.controller import PushPressController
 from structalign_ros.core.sim.noise import SensorNoise
-from structalign_ros.core.sim.scene import CAMERA, JOINTS, ObjectParams, build_mjcf, sample_object
+from structalign_ros.core.sim.scene import CAMERA, ObjectParams, arm_for, build_mjcf, sample_object
 
 # The two ground-truth readings, beside the sensor kinds of the modalities.
 GROUND_TRUTH = ("ee_pose", "object_pose")
@@ -42,8 +42,9 @@ class SimRobot:
     """One seeded episode of the press-and-push task.
 
     Args:
-        config: sensor rates come from the enabled modalities of each kind, image settings from
-            ``config.sim``.
+        config: sensor rates come from the enabled modalities of each kind, the arm
+            (``sim.robot``) and image settings from ``config.sim``; a ``joints`` modality that does
+            not list the arm's joints is a :class:`ConfigError`.
         seed: fixes the box, the controller's choices and all sensor noise.
         render: render the camera and depth images (off: physics and the other sensors only).
     """
@@ -51,21 +52,30 @@ class SimRobot:
     def __init__(self, config: StructAlignConfig, seed: int, render: bool = True) -> None:
         sim = config.sim
         self.config = config
+        self.arm = arm_for(config)
+        self.joints = self.arm.joints
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0B1]))
         self.object: ObjectParams = sample_object(rng)
         self.model = mujoco.MjModel.from_xml_string(
             build_mjcf(
-                self.object, sim.width, sim.height, sim.taxel_rows, sim.taxel_cols, 1.0 / sim.physics_hz
+                self.object,
+                sim.width,
+                sim.height,
+                sim.taxel_rows,
+                sim.taxel_cols,
+                1.0 / sim.physics_hz,
+                self.arm,
             )
         )
         self.data = mujoco.MjData(self.model)
-        self.controller = PushPressController(self.object, rng)
-        self.noise = SensorNoise(seed, len(JOINTS), (sim.taxel_rows, sim.taxel_cols))
+        wrist_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA6]))
+        self.controller = PushPressController(self.object, rng, self.arm, wrist_rng)
+        self.noise = SensorNoise(seed, len(self.joints), (sim.taxel_rows, sim.taxel_cols))
         self.step_ns = round(1e9 / sim.physics_hz)
         self.rates = self._rates(config, render)
         m = self.model
-        self._joint_q = np.array([m.jnt_qposadr[m.joint(n).id] for n in JOINTS])
-        self._joint_v = np.array([m.jnt_dofadr[m.joint(n).id] for n in JOINTS])
+        self._joint_q = np.array([m.jnt_qposadr[m.joint(n).id] for n in self.joints])
+        self._joint_v = np.array([m.jnt_dofadr[m.joint(n).id] for n in self.joints])
         self._sensor = {
             name: slice(m.sensor(name).adr[0], m.sensor(name).adr[0] + m.sensor(name).dim[0])
             for name in ("ft_force", "ft_torque", "imu_accel", "imu_gyro")
