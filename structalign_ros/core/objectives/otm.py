@@ -129,6 +129,7 @@ class OTM(Objective):
                     cosine_kernel(Y[keep]),
                     lam[keep] / lam[keep].sum(),
                     alpha=self.structure_weight,
+                    T0="identity",
                     epsilon=self.epsilon,
                     gw_steps=2,
                     **self.budget,

@@ -11,6 +11,15 @@ step linearises :math:`F` at the current plan and solves one entropic OT problem
   term; converges to a stationary point of the entropic problem (POT's ``entropic_gromov_wasserstein``
   with ``solver="PGD"`` runs exactly these iterations).
 
+For the proximal solver ``epsilon`` is a step size relative to the problem's scale: each problem b of a
+batch steps with ``epsilon * scale[b]`` (GW: mass times the largest squared structure entry, see
+``gw.problem_scale``), so GW(sA, sB) / s² does not depend on s. For the entropic solver ``epsilon`` is
+part of the problem (entropic GW at ε, POT's convention, as for :func:`sinkhorn`) and the callers pass
+no scale; its tolerances are still relative. Each problem stops on its own (its plan is frozen once it
+has converged), and only when its plan has stopped moving *and* the projection of its last step met
+``inner_tol``: an unfinished projection cannot pass for convergence. Every way of stopping short
+warns (:class:`OTConvergenceWarning`, :class:`OTNumericalWarning`) and names the knob to turn.
+
 Everything stays on the input's device; the only host synchronisations are the convergence checks
 every ``check_every`` steps.
 """
@@ -21,39 +30,52 @@ from collections.abc import Callable
 
 import torch
 
-from ._base import precision_floor, warn_non_finite, warn_not_converged
+from ._base import plan_like, precision_floor, warn_non_finite, warn_not_converged
 from .sinkhorn import sinkhorn_log
 
 SOLVERS = ("proximal", "entropic")
+STARTS = ("auto", "product", "identity")
 
 # Mass a proximal start keeps off a sparse initial plan: KL steps can never move mass onto entries
 # that start at exactly zero, so a permutation start is mixed with a little of p q^T.
 SPARSE_START_MIX = 1e-5
 
 
+def identity_feasible(p: torch.Tensor, q: torch.Tensor) -> bool:
+    """The diagonal coupling diag(p) is feasible: equal sizes and p == q (paired samples)."""
+    return p.shape == q.shape and bool(torch.allclose(p, q, rtol=1e-6, atol=0.0))
+
+
 def initial_plan(
-    T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor, solver: str
+    T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor, solver: str, name: str = "T0"
 ) -> torch.Tensor:
     """Starting coupling (B, n, m).
 
-    ``"product"`` (or None) is :math:`\\mathbf{p}\\mathbf{q}^\\top`; ``"identity"`` is the
-    diagonal coupling of paired samples (requires n == m and p == q), the far better start when row i of
-    both matrices describes the same sample; a tensor is used as given.
+    ``"product"`` is :math:`\\mathbf{p}\\mathbf{q}^\\top`; ``"identity"`` is the diagonal coupling of
+    paired samples (requires n == m and p == q), the far better start when row i of both matrices
+    describes the same sample; a tensor is used as given (validated: shape, finite, non-negative).
+    ``None`` and ``"auto"`` mean ``"product"`` here (the multi-start callers expand ``"auto"`` first).
     """
     product = p.unsqueeze(-1) * q.unsqueeze(-2)
-    if T0 is None or (isinstance(T0, str) and T0 == "product"):
+    if T0 is None or (isinstance(T0, str) and T0 in ("product", "auto")):
         return product
     if isinstance(T0, str):
         if T0 != "identity":
-            raise ValueError(f"T0 must be 'product', 'identity' or a tensor, got {T0!r}")
-        if p.shape != q.shape or not torch.allclose(p, q):
-            raise ValueError("T0='identity' needs paired samples: equal sizes and p == q")
+            raise ValueError(f"{name} must be one of {STARTS} or a tensor, got {T0!r}")
+        if not identity_feasible(p, q):
+            raise ValueError(f"{name}='identity' needs paired samples: equal sizes and p == q")
         T = torch.diag_embed(p)
     else:
-        T = T0.to(dtype=p.dtype, device=p.device).expand_as(product)
+        T, _ = plan_like(T0, name, p.shape[0], p.shape[-1], q.shape[-1], p)
+        if not bool((T.sum((-2, -1)) > 0).all()):
+            raise ValueError(f"{name} has zero mass")
     if solver == "proximal":
         T = (1.0 - SPARSE_START_MIX) * T + SPARSE_START_MIX * product
     return T
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x[:, None, None]
 
 
 def solve_plan(
@@ -70,19 +92,23 @@ def solve_plan(
     check_every: int = 5,
     what: str = "gromov_wasserstein",
     warn: bool = True,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mirror descent over couplings.
 
     Args:
         grad: T (B, n, m) -> gradient of the objective at T, (B, n, m).
-        p, q: (B, n), (B, m) marginals.
-        T0: (B, n, m) feasible start, strictly positive for ``"proximal"`` (see :func:`initial_plan`).
-        epsilon: step regularisation, in the units of the gradient. Proximal: smaller takes bigger steps
-            but makes each projection harder. Entropic: smaller is sharper and slower.
+        p, q: (B, n), (B, m) marginals of equal mass (zeros allowed: those rows/columns stay zero).
+        T0: (B, n, m) start, strictly positive on the support for ``"proximal"`` (see
+            :func:`initial_plan`).
+        epsilon: step regularisation, relative to ``scale``. Proximal: smaller takes bigger steps but
+            makes each projection harder. Entropic: smaller is sharper and slower.
         solver: ``"proximal"`` or ``"entropic"``.
-        max_iter, tol: outer steps and the stopping threshold on max_b ||T_k+1 - T_k||_F.
-        inner_max_iter, inner_tol: the Sinkhorn projection of each step.
-        warn: warn when ``max_iter`` ends the loop (off for callers that take a few warm steps).
+        max_iter, tol: outer steps; a problem stops once ||T_k+1 - T_k||_F / mass < tol and its
+            projection met ``inner_tol``.
+        inner_max_iter, inner_tol: the Sinkhorn projection of each step (relative row error).
+        warn: warn when a problem ends unconverged (off for callers that take a few warm steps).
+        scale: (B,) scale of each problem's gradient; epsilon is multiplied by it. 1 if None.
 
     Returns:
         (B, n, m) plan, exactly feasible.
@@ -91,40 +117,84 @@ def solve_plan(
         raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {solver!r}")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    B = p.shape[0]
     tol = precision_floor(tol, T0.dtype) if tol > 0 else 0.0
+    inner_tol = precision_floor(inner_tol, T0.dtype)
+    eps = torch.full((B,), epsilon, dtype=T0.dtype, device=T0.device)
+    if scale is not None:
+        eps = eps * scale.to(T0.dtype)
+    eps = _rows(eps)
+    mass = p.sum(-1)
     T = good = T0
-    log_T = T0.log() if solver == "proximal" else None
+    log_T = T0.log() if solver == "proximal" else None  # -inf off the support
     u = v = None
-    err = float("inf")
+    active = torch.ones(B, dtype=torch.bool, device=T0.device)
+    finite = torch.ones_like(active)
+    change = torch.full((B,), float("inf"), dtype=T0.dtype, device=T0.device)
+    inner_err = change.clone()
     for it in range(1, max_iter + 1):
-        log_K = -grad(T) / epsilon
+        log_K = -grad(T) / eps
         if log_T is not None:
             log_K = log_K + log_T
         res = sinkhorn_log(p, q, log_K, u, v, max_iter=inner_max_iter, tol=inner_tol, warn=False)
         check = it % check_every == 0 or it == max_iter
-        if check and not torch.isfinite(res.T).all():
-            warn_non_finite(what, "Increase epsilon.")
-            T = good
-            break
+        bad = None
+        new_T = res.T
         if check:
-            err = float(torch.linalg.matrix_norm(res.T - T).max())
-            good = res.T
-        T = res.T
+            ok = res.finite & torch.isfinite(new_T).flatten(1).all(-1)
+            bad = active & ~ok
+            finite = finite & ~bad
+            keep = active & ok
+            step = torch.linalg.matrix_norm(torch.nan_to_num(new_T - T)) / mass
+            change = torch.where(keep, step, change)
+            inner_err = torch.where(keep, res.err, inner_err)
+            good = torch.where(_rows(keep), new_T, good)
+            new_T = torch.where(_rows(bad), good, new_T)
+        moving = _rows(active)
+        T = torch.where(moving, new_T, T)
         if log_T is not None:
             # the duals are folded into the prior: the next projection starts from zero duals
-            log_T = log_K + res.u.unsqueeze(-1) + res.v.unsqueeze(-2)
+            folded = log_K + res.u.unsqueeze(-1) + res.v.unsqueeze(-2)
+            log_T = torch.where(moving, folded, log_T)
         else:
-            u, v = res.u, res.v
-        if err < tol:
-            break
-    else:
-        if warn and err > tol:
-            warn_not_converged(
-                what, err, tol, "raise max_iter (a smaller epsilon takes bigger proximal steps)."
-            )
+            u = res.u if u is None else torch.where(active[:, None], res.u, u)
+            v = res.v if v is None else torch.where(active[:, None], res.v, v)
+        if check:
+            done = (change < tol) & (inner_err <= inner_tol)
+            active = active & ~bad & ~done
+            if not bool(active.any()):
+                break
+    if warn:
+        _report(what, active & finite, finite, change, inner_err, tol, inner_tol)
     # Late proximal steps act like Sinkhorn at epsilon / k and may leave their projection unfinished;
     # the plan handed back is made exactly feasible.
     return round_to_coupling(T, p, q)
+
+
+def _report(
+    what: str,
+    open_: torch.Tensor,
+    finite: torch.Tensor,
+    change: torch.Tensor,
+    inner_err: torch.Tensor,
+    tol: float,
+    inner_tol: float,
+) -> None:
+    """Warn for problems that ended non-finite or unconverged, naming the knob."""
+    if not bool(finite.all()):
+        warn_non_finite(what, "Increase epsilon.")
+    if not bool(open_.any()):
+        return
+    inner = float(torch.where(open_, inner_err, 0.0).max())
+    if inner > inner_tol:
+        warn_not_converged(
+            f"{what}'s Sinkhorn projection", inner, inner_tol, "raise inner_max_iter (or epsilon)."
+        )
+    outer = float(torch.where(open_, change, 0.0).max())
+    if outer >= tol:
+        warn_not_converged(
+            what, outer, tol, "raise max_iter (a smaller epsilon takes bigger proximal steps)."
+        )
 
 
 def round_to_coupling(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

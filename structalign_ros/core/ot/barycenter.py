@@ -9,9 +9,16 @@ Block-coordinate descent (Peyré et al. 2016; Vayer et al. 2019): a few warm-sta
 all M plans at once (one batched solve, not a loop over modalities), then the closed-form square-loss
 updates
 :math:`\mathbf{C} = \sum_m \lambda_m \mathbf{T}_m \mathbf{K}_m \mathbf{T}_m^\top / \mathbf{p}\mathbf{p}^\top`
-and :math:`\mathbf{X} = \sum_m \lambda_m \mathbf{T}_m \mathbf{Y}_m / \mathbf{p}`. The start is the
-λ-weighted mean with identity plans, which is the exact block optimum when the M structures describe
-the same paired samples (UniOMA's batches), so descent starts from the best place there is.
+and :math:`\mathbf{X} = \sum_m \lambda_m \mathbf{T}_m \mathbf{Y}_m / \mathbf{p}`.
+
+Starts (``T0``): ``"identity"`` is the λ-weighted mean with identity plans, the exact block optimum
+when the M structures describe the same paired samples (UniOMA's batches); ``"product"`` starts the
+plans at :math:`\mathbf{p}\mathbf{q}_m^\top`, the better start for unpaired inputs. The default
+``"auto"`` runs both where the identity is feasible (N == n and every q_m == p), batched as 2M plans,
+and keeps the lower objective; otherwise the product start alone. ``epsilon=None`` gives each start
+its own step (0.1 from the identity, 0.01 from the product), relative to the problem's scale.
+Zero entries of p or q_m give exactly zero rows/columns of the plans (and zero rows and columns of
+the barycenter where p is zero).
 
 The returned barycenter is recomputed from the final plans with autograd on, so it is differentiable in
 λ and in the structures (and features) with the plans held fixed.
@@ -23,10 +30,24 @@ from typing import NamedTuple
 
 import torch
 
-from ._base import check_finite, compute_dtype, marginal
-from ._solver import initial_plan, solve_plan
+from ._base import (
+    as_float,
+    check_count,
+    check_finite,
+    check_number,
+    compute_dtype,
+    equal_mass,
+    marginal,
+    plan_like,
+    simplex,
+)
+from ._solver import identity_feasible, initial_plan, solve_plan
 from .fgw import fgw_value
-from .gw import gw_gradient, gw_value
+from .gw import Pair, check_options, gw_gradient, gw_value, problem_scale
+
+# epsilon per start when the caller leaves it to us: gentle steps from the identity keep every
+# projection accurate; from the product start, bigger steps are needed to get anywhere
+DEFAULT_EPSILON = {"identity": 0.1, "product": 0.01, "tensor": 0.1}
 
 
 class Barycenter(NamedTuple):
@@ -43,25 +64,26 @@ def gw_barycenter(
     p: torch.Tensor | None = None,
     qs: torch.Tensor | None = None,
     init_C: torch.Tensor | None = None,
-    T0: torch.Tensor | str | None = "identity",
-    epsilon: float = 0.1,
+    T0: torch.Tensor | str | None = "auto",
+    epsilon: float | None = None,
     solver: str = "proximal",
     max_iter: int = 20,
     tol: float = 1e-6,
     gw_steps: int = 5,
     inner_max_iter: int = 200,
 ) -> Barycenter:
-    """GW barycenter of M structure matrices of paired (or equal-sized) batches.
+    """GW barycenter of M structure matrices of equal size.
 
     Args:
-        Ks: (M, n, n) structure matrices (kernels).
-        lambdas: (M,) weights on the simplex.
+        Ks: (M, n, n) structure matrices (kernels), M >= 1.
+        lambdas: (M,) weights on the simplex (non-negative, summing to 1; checked).
         p: (N,) barycenter weights, uniform if None. N = n unless ``init_C`` says otherwise.
-        qs: (M, n) weights of the inputs, uniform if None.
+        qs: (M, n) or (n,) weights of the inputs, uniform if None; each of the mass of ``p``.
         init_C: (N, N) start; the λ-weighted mean of ``Ks`` if None.
-        T0: start of the plans: ``"identity"`` (paired samples), ``"product"`` or (M, N, n).
-        epsilon: proximal step regularisation. The default suits the identity start (gentle steps from
-            an already good point keep every projection accurate); use ~0.01 with ``T0="product"``.
+        T0: start of the plans: ``"auto"``/None (identity and product starts where the identity is
+            feasible, else product), ``"identity"`` (paired samples), ``"product"`` or (M, N, n).
+        epsilon: proximal step regularisation, relative to the problem's scale; None picks it per
+            start (0.1 identity, 0.01 product).
         solver: ``"proximal"``, ``"entropic"``, or ``"pot"`` (POT's ``gromov_barycenters``, CPU).
         max_iter: block-coordinate rounds; tol: stop when the objective improves by less (relative).
         gw_steps: warm-started GW steps per round; inner_max_iter: Sinkhorn iterations per step.
@@ -97,8 +119,8 @@ def fgw_barycenter(
     qs: torch.Tensor | None = None,
     init_C: torch.Tensor | None = None,
     init_X: torch.Tensor | None = None,
-    T0: torch.Tensor | str | None = "identity",
-    epsilon: float = 0.1,
+    T0: torch.Tensor | str | None = "auto",
+    epsilon: float | None = None,
     max_iter: int = 20,
     tol: float = 1e-6,
     gw_steps: int = 5,
@@ -115,7 +137,8 @@ def fgw_barycenter(
     Returns:
         :class:`Barycenter` with features ``X`` (N, d).
     """
-    if not 0.0 <= alpha <= 1.0:
+    alpha = check_number("alpha", alpha, strict=False)
+    if alpha > 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     return _barycenter(
         Ys,
@@ -136,6 +159,36 @@ def fgw_barycenter(
     )
 
 
+def _validate(Ys, Ks, lambdas, init_C, init_X, epsilon, solver, max_iter, tol, gw_steps, inner_max_iter):
+    Ks = as_float(Ks, "Ks")
+    if Ks.dim() != 3 or Ks.shape[-1] != Ks.shape[-2]:
+        raise ValueError(f"Ks must be (M, n, n), got {tuple(Ks.shape)}")
+    M, n, _ = Ks.shape
+    if M == 0 or n == 0:
+        raise ValueError(f"Ks is empty (shape {tuple(Ks.shape)}): need M >= 1 inputs of n >= 1 points")
+    lambdas = simplex(lambdas, M)
+    check_finite(Ks=Ks)
+    if Ys is not None:
+        Ys = as_float(Ys, "Ys")
+        if Ys.dim() != 3 or Ys.shape[:2] != (M, n) or Ys.shape[-1] == 0:
+            raise ValueError(f"Ys must be ({M}, {n}, d) to match Ks, got {tuple(Ys.shape)}")
+        check_finite(Ys=Ys)
+    if init_C is not None:
+        init_C = as_float(init_C, "init_C")
+        if init_C.dim() != 2 or init_C.shape[0] != init_C.shape[1] or init_C.shape[0] == 0:
+            raise ValueError(f"init_C must be (N, N), got {tuple(init_C.shape)}")
+        check_finite(init_C=init_C)
+    if init_X is not None:
+        init_X = as_float(init_X, "init_X")
+        d = None if Ys is None else Ys.shape[-1]
+        if init_X.dim() != 2 or (d is not None and init_X.shape[-1] != d):
+            raise ValueError(f"init_X must be (N, {d}), got {tuple(init_X.shape)}")
+        check_finite(init_X=init_X)
+    check_options(epsilon, solver, max_iter, tol, inner_max_iter)
+    check_count("gw_steps", gw_steps)
+    return Ys, Ks, lambdas, init_C, init_X
+
+
 def _barycenter(
     Ys: torch.Tensor | None,
     Ks: torch.Tensor,
@@ -146,25 +199,26 @@ def _barycenter(
     init_C: torch.Tensor | None,
     init_X: torch.Tensor | None,
     T0: torch.Tensor | str | None,
-    epsilon: float,
+    epsilon: float | None,
     solver: str,
     max_iter: int,
     tol: float,
     gw_steps: int,
     inner_max_iter: int,
 ) -> Barycenter:
-    if Ks.dim() != 3 or Ks.shape[-1] != Ks.shape[-2]:
-        raise ValueError(f"Ks must be (M, n, n), got {tuple(Ks.shape)}")
+    Ys, Ks, lambdas, init_C, init_X = _validate(
+        Ys, Ks, lambdas, init_C, init_X, epsilon, solver, max_iter, tol, gw_steps, inner_max_iter
+    )
     M, n, _ = Ks.shape
-    if lambdas.shape != (M,):
-        raise ValueError(f"lambdas must be ({M},), got {tuple(lambdas.shape)}")
-    check_finite(Ks=Ks, lambdas=lambdas, **({} if Ys is None else {"Ys": Ys}))
     dt = compute_dtype(Ks, lambdas)
     K, lam = Ks.detach().to(dt), lambdas.detach().to(dt)
     Y = None if Ys is None else Ys.detach().to(dt)
     N = n if init_C is None else init_C.shape[-1]
-    pN = marginal(p, 1, N, K)[0]
-    pM, qM = pN.expand(M, N), marginal(qs, M, n, K)
+    if init_X is not None and init_X.shape[0] != N:
+        raise ValueError(f"init_X has {init_X.shape[0]} rows, the barycenter has N={N} points")
+    pN = marginal(p, 1, N, K, "p")[0]
+    pM = pN.expand(M, N)
+    qM = equal_mass(pM, marginal(qs, M, n, K, "qs"), "p and each of qs", dt)
     if solver == "pot":
         from .reference import pot_gw_barycenter
 
@@ -172,46 +226,95 @@ def _barycenter(
         C, T = pot_gw_barycenter(K, lam, pN, qM, start)
         return _finish(None, Ks, lambdas, pN, T, 1.0, 0)
 
-    C = _mean(lam, K) if init_C is None else init_C.detach().to(dt)
-    X = None if Y is None else (_mean(lam, Y) if init_X is None else init_X.detach().to(dt))
-    T = initial_plan(T0, pM, qM, solver)
+    tried = _starts(T0, pM, qM, M, N, n)
+    S = len(tried)
+    eps = [epsilon if epsilon is not None else DEFAULT_EPSILON[kind] for kind, _ in tried]
+    C0 = _mean(lam, K) if init_C is None else init_C.detach().to(dt)
+    X0 = None if Y is None else (_mean(lam, Y) if init_X is None else init_X.detach().to(dt))
+    C = C0.expand(S, N, N)
+    X = None if X0 is None else X0.expand(S, *X0.shape)
+    T = torch.stack([initial_plan(t, pM, qM, solver) for _, t in tried])  # (S, M, N, n)
     # the start itself is a candidate (unmixed: the proximal start carries a trace of p q^T)
-    best = initial_plan(T0, pM, qM, "entropic")
-    best_obj, rounds = float(_objective(lam, C, X, K, Y, best, alpha)), 0
+    best = torch.stack([initial_plan(t, pM, qM, "entropic") for _, t in tried])
+    best_obj = _objective(lam, C, X, K, Y, best, alpha)  # (S,)
+    KS, pS, qS = K.repeat(S, 1, 1), pM.repeat(S, 1), qM.repeat(S, 1)
+    eps_rows = torch.tensor(eps, dtype=dt, device=K.device).repeat_interleave(M)  # (S*M,)
+    eps_min = min(eps)
+    active = torch.ones(S, dtype=torch.bool, device=K.device)
+    rounds = 0
     while rounds < max_iter:
         rounds += 1
-        gw_grad = gw_gradient(C.expand(M, N, N), K, pM, qM)
+        CS = C.repeat_interleave(M, 0)  # (S*M, N, N)
+        gw_grad = gw_gradient(CS, KS, pS, qS)
+        scale = problem_scale(Pair(CS, KS, pS, qS, False, dt))
         if X is None:
             grad = gw_grad
         else:
-            feature = (1.0 - alpha) * torch.cdist(X.expand(M, N, -1), Y).square()
+            feature = (1.0 - alpha) * torch.cdist(X.repeat_interleave(M, 0), Y.repeat(S, 1, 1)).square()
             grad = lambda T, feature=feature, g=gw_grad: feature + alpha * g(T)  # noqa: E731
-        T = solve_plan(
-            grad, pM, qM, T, epsilon, solver, gw_steps, 0.0, inner_max_iter=inner_max_iter, warn=False
+            on = pS.unsqueeze(-1) * qS.unsqueeze(-2) > 0
+            # feature already carries its weight (1 - alpha)
+            scale = alpha * scale + (feature * on).amax((-2, -1))
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        flat = solve_plan(
+            grad,
+            pS,
+            qS,
+            T.reshape(S * M, N, n),
+            eps_min,
+            solver,
+            gw_steps,
+            0.0,
+            inner_max_iter=inner_max_iter,
+            warn=False,
+            scale=(scale if solver == "proximal" else 1.0) * (eps_rows / eps_min),
         )
-        C = _structure(lam, K, T, pN)
-        X = None if Y is None else _features(lam, Y, T, pN)
-        obj = float(_objective(lam, C, X, K, Y, T, alpha))
+        moving = active.view(S, 1, 1, 1)
+        T = torch.where(moving, flat.view(S, M, N, n), T)
+        C = torch.where(moving[:, 0], _structure(lam, K, T, pN), C)
+        if X is not None:
+            X = torch.where(moving[:, 0], _features(lam, Y, T, pN), X)
+        obj = _objective(lam, C, X, K, Y, T, alpha)
+        better = active & (obj < best_obj)
         improved = best_obj - obj
-        if obj < best_obj:
-            best, best_obj = T, obj
-        if improved <= tol * max(abs(obj), 1e-12):
+        best = torch.where(better.view(S, 1, 1, 1), T, best)
+        best_obj = torch.where(better, obj, best_obj)
+        active = active & (improved > tol * obj.abs().clamp_min(1e-12))
+        if not bool(active.any()):
             break
-    return _finish(Ys, Ks, lambdas, pN, best, alpha, rounds)
+    return _finish(Ys, Ks, lambdas, pN, best[int(best_obj.argmin())], alpha, rounds)
+
+
+def _starts(T0, pM, qM, M, N, n) -> list[tuple[str, torch.Tensor | str]]:
+    """(kind, start) pairs ``T0`` stands for (``"auto"``: identity where feasible, and product)."""
+    if T0 is None or (isinstance(T0, str) and T0 == "auto"):
+        paired = N == n and identity_feasible(pM, qM)
+        return [("identity", "identity"), ("product", "product")] if paired else [("product", "product")]
+    if isinstance(T0, str):
+        if T0 not in ("identity", "product"):
+            raise ValueError(f"T0 must be 'auto', 'identity', 'product' or a tensor, got {T0!r}")
+        return [(T0, T0)]
+    T, _ = plan_like(T0, "T0", M, N, n, pM)
+    return [("tensor", T)]
 
 
 def _mean(lam: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    return torch.tensordot(lam, A, dims=1)
+    return torch.tensordot(lam, A, dims=([0], [-3]))
+
+
+def _divide(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A / w with 0 where w is 0 (points of zero mass have no structure or features)."""
+    return torch.where(w > 0, A / torch.where(w > 0, w, 1.0), 0.0)
 
 
 def _structure(lam: torch.Tensor, K: torch.Tensor, T: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Square-loss structure update: sum_m lambda_m T_m K_m T_m^T / p p^T, (N, N)."""
-    return _mean(lam, T @ K @ T.transpose(-1, -2)) / (p.unsqueeze(-1) * p.unsqueeze(-2))
+    """Square-loss structure update: sum_m lambda_m T_m K_m T_m^T / p p^T, (..., N, N)."""
+    return _divide(_mean(lam, T @ K @ T.transpose(-1, -2)), p.unsqueeze(-1) * p.unsqueeze(-2))
 
 
 def _features(lam: torch.Tensor, Y: torch.Tensor, T: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Squared-Euclidean feature update: sum_m lambda_m T_m Y_m / p, (N, d)."""
-    return _mean(lam, T @ Y) / p.unsqueeze(-1)
+    """Squared-Euclidean feature update: sum_m lambda_m T_m Y_m / p, (..., N, d)."""
+    return _divide(_mean(lam, T @ Y), p.unsqueeze(-1))
 
 
 def _objective(
@@ -223,11 +326,14 @@ def _objective(
     T: torch.Tensor,
     alpha: float,
 ) -> torch.Tensor:
-    Cm = C.expand(K.shape[0], -1, -1)
+    """sum_m lambda_m (F)GW(C, K_m) at plans T: (S,) for C (S, N, N) and T (S, M, N, n), or ()."""
+    Cm = C.unsqueeze(-3).expand(*T.shape[:-2], C.shape[-1], C.shape[-1])
+    Km = K.expand(*T.shape[:-2], *K.shape[-2:])
     if X is None:
-        return (lam * gw_value(Cm, K, T)).sum()
-    feature = torch.cdist(X.expand(K.shape[0], -1, -1), Y).square()
-    return (lam * fgw_value(feature, Cm, K, T, alpha)).sum()
+        return (lam * gw_value(Cm, Km, T)).sum(-1)
+    Xm = X.unsqueeze(-3).expand(*T.shape[:-2], *X.shape[-2:])
+    feature = torch.cdist(Xm, Y.expand(*T.shape[:-2], *Y.shape[-2:])).square()
+    return (lam * fgw_value(feature, Cm, Km, T, alpha)).sum(-1)
 
 
 def _finish(
@@ -247,5 +353,5 @@ def _finish(
     C = _structure(lam, K, T, p)
     X = None if Y is None else _features(lam, Y, T, p)
     objective = _objective(lam, C, X, K, Y, T, alpha)
-    out = Ks.dtype
+    out = Ks.dtype if Ks.dtype.is_floating_point else torch.float64
     return Barycenter(C.to(out), None if X is None else X.to(out), T.to(out), objective.to(out), n_iter)

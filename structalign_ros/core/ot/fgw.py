@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import batched, check_finite
+from ._base import check_number, cost_matrix, detach, plan_like
 from .gw import Pair, gw_value, prepare_pair, solve_pair
 
 
@@ -52,7 +52,7 @@ def fused_gromov_wasserstein(
     Returns:
         (B, n, m) or (n, m) plan in the dtype of ``C1``.
     """
-    pair, Mb = _prepare(M.detach(), C1.detach(), C2.detach(), p, q, alpha)
+    pair, Mb = _prepare(detach(M), detach(C1), detach(C2), p, q, alpha)
     T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb, alpha=alpha).to(pair.dtype)
     return T[0] if pair.squeeze else T
 
@@ -79,8 +79,10 @@ def fused_gromov_wasserstein2(
         T = solve_pair(
             detached, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb.detach(), alpha=alpha
         )
-    Tb, _ = batched(T.detach().to(Mb.dtype), 2)
-    value = fgw_value(Mb, pair.C1, pair.C2, Tb.expand_as(Mb), alpha).to(pair.dtype)
+    else:
+        B, n, m = Mb.shape
+        T, _ = plan_like(T, "T", B, n, m, Mb)
+    value = fgw_value(Mb, pair.C1, pair.C2, T.detach(), alpha).to(pair.dtype)
     return value[0] if pair.squeeze else value
 
 
@@ -92,10 +94,18 @@ def _prepare(
     q: torch.Tensor | None,
     alpha: float,
 ) -> tuple[Pair, torch.Tensor]:
-    if not 0.0 <= alpha <= 1.0:
+    alpha = check_number("alpha", alpha, strict=False)
+    if alpha > 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    check_finite(M=M)
-    Mb, squeeze = batched(M, 2)
+    Mb, squeeze = cost_matrix(M)
     pair = prepare_pair(C1, C2, p, q, batch=Mb.shape[0])
+    n, m = pair.C1.shape[-1], pair.C2.shape[-1]
+    if Mb.shape[-2:] != (n, m):
+        hint = " (transposed?)" if Mb.shape[-2:] == (m, n) else ""
+        raise ValueError(
+            f"M must be ({n}, {m}) for C1 ({n}x{n}) and C2 ({m}x{m}), got {tuple(M.shape)}{hint}"
+        )
+    if Mb.shape[0] not in (1, pair.C1.shape[0]):
+        raise ValueError(f"M has batch size {Mb.shape[0]}, C1/C2 have {pair.C1.shape[0]}")
     pair = pair._replace(squeeze=squeeze and pair.squeeze)
     return pair, Mb.to(pair.C1.dtype).expand(pair.C1.shape[0], -1, -1)

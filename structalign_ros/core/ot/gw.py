@@ -12,7 +12,13 @@ The quadratic form is evaluated in :math:`O(n^2 m + n m^2)` with the decompositi
 :func:`gromov_wasserstein` returns a plan; :func:`gromov_wasserstein2` returns the value, differentiable
 w.r.t. both matrices by the envelope theorem (the plan is held fixed: no unrolling through the solver).
 GW is non-convex: the start matters. For paired modalities (row i of both matrices is the same sample)
-``T0="identity"`` is feasible and far better than :math:`\mathbf{p}\mathbf{q}^\top`.
+``T0="identity"`` is feasible and far better than :math:`\mathbf{p}\mathbf{q}^\top`. The default
+``T0="auto"`` runs the product start and, where the identity coupling is feasible (n == m, p == q),
+the identity start too, in one batched solve, and keeps the lower value per problem.
+
+For the proximal solver ``epsilon`` is relative to each problem's scale, :func:`problem_scale` (1 for
+kernels with entries in [0, 1] and unit mass), so GW(sA, sB) = s² GW(A, B) holds for the returned
+values too.
 
 References: Mémoli (2011); Peyré, Cuturi & Solomon (2016); Xu et al. (2019), Gromov-Wasserstein learning.
 """
@@ -24,8 +30,19 @@ from typing import NamedTuple
 
 import torch
 
-from ._base import batched, check_finite, compute_dtype, marginal
-from ._solver import initial_plan, solve_plan
+from ._base import (
+    batch_size,
+    check_count,
+    check_number,
+    compute_dtype,
+    detach,
+    equal_mass,
+    marginal,
+    plan_like,
+    result_dtype,
+    structure,
+)
+from ._solver import SOLVERS, identity_feasible, initial_plan, solve_plan
 
 
 class Pair(NamedTuple):
@@ -34,24 +51,38 @@ class Pair(NamedTuple):
     C1: torch.Tensor  # (B, n, n)
     C2: torch.Tensor  # (B, m, m)
     p: torch.Tensor  # (B, n)
-    q: torch.Tensor  # (B, m)
+    q: torch.Tensor  # (B, m), of the mass of p
     squeeze: bool  # inputs had no batch dimension
-    dtype: torch.dtype  # dtype of the inputs, for the results
+    dtype: torch.dtype  # dtype of the results
 
 
 def prepare_pair(
     C1: torch.Tensor, C2: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None, batch: int = 1
 ) -> Pair:
-    """Batch, broadcast (to at least ``batch`` problems) and upcast (half -> float32) a GW problem."""
-    check_finite(C1=C1, C2=C2)
-    (C1b, s1), (C2b, s2) = batched(C1, 2), batched(C2, 2)
-    B = max(C1b.shape[0], C2b.shape[0], batch)
+    """Validate, batch, broadcast (to ``batch`` problems) and upcast (half -> float32) a GW problem."""
+    (C1b, s1), (C2b, s2) = structure(C1, "C1"), structure(C2, "C2")
+    B = batch_size(C1=C1b.shape[0], C2=C2b.shape[0], batch=batch)
     dt = compute_dtype(C1b, C2b)
     C1b = C1b.to(dt).expand(B, -1, -1)
     C2b = C2b.to(dt).expand(B, -1, -1)
-    pb = marginal(p, B, C1b.shape[-1], C1b)
-    qb = marginal(q, B, C2b.shape[-1], C2b)
-    return Pair(C1b, C2b, pb, qb, s1 and s2, C1.dtype)
+    pb = marginal(p, B, C1b.shape[-1], C1b, "p")
+    qb = marginal(q, B, C2b.shape[-1], C2b, "q")
+    qb = equal_mass(pb, qb, "p and q", dt)
+    return Pair(C1b, C2b, pb, qb, s1 and s2, result_dtype(C1))
+
+
+def problem_scale(pair: Pair) -> torch.Tensor:
+    """(B,) scale of each problem's GW gradient: mass × (largest |entry| on the support)².
+
+    Homogeneous: scaling both structures by s scales it by s², exactly as the gradient, so a relative
+    epsilon gives the same iterates at every scale. Zero structures get 1.
+    """
+    on1 = pair.p > 0
+    on2 = pair.q > 0
+    m1 = (pair.C1.abs() * (on1.unsqueeze(-1) & on1.unsqueeze(-2))).amax((-2, -1))
+    m2 = (pair.C2.abs() * (on2.unsqueeze(-1) & on2.unsqueeze(-2))).amax((-2, -1))
+    s = pair.p.sum(-1) * torch.maximum(m1, m2).square()
+    return torch.where(s > 0, s, torch.ones_like(s))
 
 
 def gw_value(C1: torch.Tensor, C2: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -105,19 +136,26 @@ def gromov_wasserstein(
     Args:
         C1: (B, n, n) or (n, n) structure (kernel or distance) matrices of the source.
         C2: (B, m, m) or (m, m) of the target; an unbatched side is broadcast.
-        p, q: (B, n)/(n,) and (B, m)/(m,) weights, uniform if None.
-        epsilon: step regularisation (gradient units; unit-scale kernels give gradients of order 1).
+        p, q: (B, n)/(n,) and (B, m)/(m,) weights, uniform if None; finite, non-negative, of equal
+            mass (q is rescaled to p's mass to a relative 1e-6, float32: 1e-4). Zero entries give
+            exactly zero rows/columns of the plan.
+        epsilon: proximal: step regularisation relative to the problem's scale (:func:`problem_scale`:
+            mass × max|C|², 1 for unit-mass kernels in [0, 1]); entropic: the regularisation itself, in
+            the units of the gradient (not rescaled).
         solver: ``"proximal"`` (sharp, converges to an unregularised local optimum), ``"entropic"``
-            (Peyré's entropic GW, the fixed point of POT's ``entropic_gromov_wasserstein``), or
-            ``"pot"`` (POT's exact conditional-gradient solver on the CPU, for reference).
-        T0: ``"product"`` (default), ``"identity"`` for paired samples, or a (B, n, m) coupling.
-        max_iter, tol: outer iterations and stopping threshold on the change of the plan.
+            (Peyré's entropic GW at ε, the fixed point of POT's
+            ``entropic_gromov_wasserstein``), or ``"pot"`` (POT's exact solver on the CPU, reference).
+        T0: ``None``/``"auto"`` (default: the product start, plus the identity start where it is
+            feasible, the lower value kept per problem), ``"product"``, ``"identity"`` for paired
+            samples, or a (B, n, m)/(n, m) non-negative start.
+        max_iter, tol: outer iterations and stopping threshold on the change of the plan (Frobenius,
+            relative to the mass).
         inner_max_iter: Sinkhorn iterations per projection.
 
     Returns:
-        (B, n, m) or (n, m) plan, in the dtype of ``C1``.
+        (B, n, m) or (n, m) plan, in the dtype of ``C1`` (float64 for integer inputs).
     """
-    pair = prepare_pair(C1.detach(), C2.detach(), p, q)
+    pair = prepare_pair(detach(C1), detach(C2), p, q)
     T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter)
     T = T.to(pair.dtype)
     return T[0] if pair.squeeze else T
@@ -139,19 +177,39 @@ def gromov_wasserstein2(
     """GW value, differentiable w.r.t. ``C1`` and ``C2`` with the plan held fixed (envelope gradient).
 
     Args:
-        T: evaluate at this (B, n, m) plan instead of solving; other arguments as in
-            :func:`gromov_wasserstein`.
+        T: evaluate at this (B, n, m)/(n, m) non-negative plan instead of solving; other arguments as
+            in :func:`gromov_wasserstein`.
 
     Returns:
         (B,) or scalar value, in the dtype of ``C1``.
     """
     pair = prepare_pair(C1, C2, p, q)
+    B, n, m = pair.C1.shape[0], pair.C1.shape[-1], pair.C2.shape[-1]
     if T is None:
         detached = pair._replace(C1=pair.C1.detach(), C2=pair.C2.detach())
-        T = solve_pair(detached, epsilon, solver, T0, max_iter, tol, inner_max_iter)
-    Tb, _ = batched(T.detach().to(pair.C1.dtype), 2)
-    value = gw_value(pair.C1, pair.C2, Tb.expand(pair.C1.shape[0], -1, -1)).to(pair.dtype)
+        Tb = solve_pair(detached, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+    else:
+        Tb, _ = plan_like(T, "T", B, n, m, pair.C1)
+    value = gw_value(pair.C1, pair.C2, Tb.detach()).to(pair.dtype)
     return value[0] if pair.squeeze else value
+
+
+def check_options(epsilon: float | None, solver: str, max_iter: int, tol: float, inner_max_iter: int) -> None:
+    """Validate the solver options shared by every GW-type solver (``epsilon=None``: chosen later)."""
+    if epsilon is not None:
+        check_number("epsilon", epsilon)
+    if solver not in (*SOLVERS, "pot"):
+        raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {solver!r}")
+    check_count("max_iter", max_iter)
+    check_number("tol", tol, strict=False)
+    check_count("inner_max_iter", inner_max_iter)
+
+
+def starts(T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor) -> list[torch.Tensor | str]:
+    """The starts ``T0`` stands for: ``"auto"`` is the product, plus the identity where feasible."""
+    if T0 is None or (isinstance(T0, str) and T0 == "auto"):
+        return ["product", "identity"] if identity_feasible(p, q) else ["product"]
+    return [T0]
 
 
 def solve_pair(
@@ -165,20 +223,55 @@ def solve_pair(
     M: torch.Tensor | None = None,
     alpha: float = 1.0,
 ) -> torch.Tensor:
-    """Plan of a GW problem, or of a fused one when a (B, n, m) feature cost ``M`` is given."""
+    """Plan of a GW problem, or of a fused one when a (B, n, m) feature cost ``M`` is given.
+
+    Several starts (``T0="auto"``) are solved as one batch of S·B problems; each problem keeps the
+    plan of lowest objective.
+    """
+    check_options(epsilon, solver, max_iter, tol, inner)
     if solver == "pot":
         from .reference import pot_fgw_plans, pot_gw_plans
 
-        start = initial_plan(T0, pair.p, pair.q, "pot")
+        start = initial_plan(starts(T0, pair.p, pair.q)[0], pair.p, pair.q, "pot")
         if M is None:
             return pot_gw_plans(pair.C1, pair.C2, pair.p, pair.q, start)
         return pot_fgw_plans(M, pair.C1, pair.C2, pair.p, pair.q, alpha, start)
-    start = initial_plan(T0, pair.p, pair.q, solver)
-    grad = gw_gradient(pair.C1, pair.C2, pair.p, pair.q)
+    tried = starts(T0, pair.p, pair.q)
+    S, B = len(tried), pair.C1.shape[0]
+    start = torch.cat([initial_plan(t, pair.p, pair.q, solver) for t in tried])
+
+    def rep(x: torch.Tensor) -> torch.Tensor:
+        return x if S == 1 else x.repeat(S, *([1] * (x.dim() - 1)))
+
+    C1, C2, p, q = rep(pair.C1), rep(pair.C2), rep(pair.p), rep(pair.q)
+    scale = problem_scale(Pair(C1, C2, p, q, False, pair.dtype))
+    grad = gw_gradient(C1, C2, p, q)
+    Ms = None
     if M is not None:
-        feature, gw_grad = (1.0 - alpha) * M, grad
+        Ms = rep(M)
+        feature, gw_grad = (1.0 - alpha) * Ms, grad
         grad = lambda T: feature + alpha * gw_grad(T)  # noqa: E731
+        on = p.unsqueeze(-1) * q.unsqueeze(-2) > 0
+        scale = alpha * scale + (1.0 - alpha) * (Ms.abs() * on).amax((-2, -1))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     what = "gromov_wasserstein" if M is None else "fused_gromov_wasserstein"
-    return solve_plan(
-        grad, pair.p, pair.q, start, epsilon, solver, max_iter, tol, inner_max_iter=inner, what=what
+    T = solve_plan(
+        grad,
+        p,
+        q,
+        start,
+        epsilon,
+        solver,
+        max_iter,
+        tol,
+        inner_max_iter=inner,
+        what=what,
+        scale=scale if solver == "proximal" else None,
     )
+    if S == 1:
+        return T
+    value = gw_value(C1, C2, T)
+    if Ms is not None:
+        value = (1.0 - alpha) * (Ms * T).sum((-2, -1)) + alpha * value
+    best = value.view(S, B).argmin(0)  # (B,)
+    return T.view(S, B, *T.shape[1:])[best, torch.arange(B, device=T.device)]
