@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import signal
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
 from structalign_ros.core.config import ConfigError
@@ -215,8 +217,16 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script ``sim_node``: ``sim_node --ros-args --params-file FILE [-p name:=value]``."""
-    rclpy.init(args=args)
+    """Console script ``sim_node``: ``sim_node --ros-args --params-file FILE [-p name:=value]``.
+
+    SIGINT and SIGTERM (``ros2 launch``) stop it in order: physics thread joined, node destroyed,
+    then rclpy (whose own signal handlers are off: they would shut the context down under the
+    publishing physics thread); exit code 0.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node: SimNode | None = None
     code = 0
     try:
@@ -224,7 +234,7 @@ def main(args: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         node.start()
-        while rclpy.ok() and node.running:
+        while rclpy.ok() and node.running and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
         if node.error is not None:
             code = 1
