@@ -15,8 +15,9 @@ Starts (``T0``): ``"identity"`` is the λ-weighted mean with identity plans, the
 when the M structures describe the same paired samples (UniOMA's batches); ``"product"`` starts the
 plans at :math:`\mathbf{p}\mathbf{q}_m^\top`, the better start for unpaired inputs. The default
 ``"auto"`` runs both where the identity is feasible (N == n and every q_m == p), batched as 2M plans,
-and keeps the lower objective; otherwise the product start alone. ``epsilon=None`` gives each start
-its own step (0.1 from the identity, 0.01 from the product), relative to the problem's scale.
+and keeps the lower objective; otherwise the product start alone. ``epsilon`` is relative to the
+problem's scale (proximal solver); 0.1 suits both starts (from the product start it reached lower
+objectives than 0.01 or 0.03 on random unpaired kernels, see docs/OT.md).
 Zero entries of p or q_m give exactly zero rows/columns of the plans (and zero rows and columns of
 the barycenter where p is zero).
 
@@ -45,10 +46,6 @@ from ._solver import identity_feasible, initial_plan, solve_plan
 from .fgw import fgw_value
 from .gw import Pair, check_options, gw_gradient, gw_value, problem_scale
 
-# epsilon per start when the caller leaves it to us: gentle steps from the identity keep every
-# projection accurate; from the product start, bigger steps are needed to get anywhere
-DEFAULT_EPSILON = {"identity": 0.1, "product": 0.01, "tensor": 0.1}
-
 
 class Barycenter(NamedTuple):
     C: torch.Tensor  # (N, N) structure
@@ -65,7 +62,7 @@ def gw_barycenter(
     qs: torch.Tensor | None = None,
     init_C: torch.Tensor | None = None,
     T0: torch.Tensor | str | None = "auto",
-    epsilon: float | None = None,
+    epsilon: float = 0.1,
     solver: str = "proximal",
     max_iter: int = 20,
     tol: float = 1e-6,
@@ -82,8 +79,7 @@ def gw_barycenter(
         init_C: (N, N) start; the λ-weighted mean of ``Ks`` if None.
         T0: start of the plans: ``"auto"``/None (identity and product starts where the identity is
             feasible, else product), ``"identity"`` (paired samples), ``"product"`` or (M, N, n).
-        epsilon: proximal step regularisation, relative to the problem's scale; None picks it per
-            start (0.1 identity, 0.01 product).
+        epsilon: proximal step regularisation, relative to the problem's scale (mass × max|C|²).
         solver: ``"proximal"``, ``"entropic"``, or ``"pot"`` (POT's ``gromov_barycenters``, CPU).
         max_iter: block-coordinate rounds; tol: stop when the objective improves by less (relative).
         gw_steps: warm-started GW steps per round; inner_max_iter: Sinkhorn iterations per step.
@@ -120,7 +116,7 @@ def fgw_barycenter(
     init_C: torch.Tensor | None = None,
     init_X: torch.Tensor | None = None,
     T0: torch.Tensor | str | None = "auto",
-    epsilon: float | None = None,
+    epsilon: float = 0.1,
     max_iter: int = 20,
     tol: float = 1e-6,
     gw_steps: int = 5,
@@ -199,7 +195,7 @@ def _barycenter(
     init_C: torch.Tensor | None,
     init_X: torch.Tensor | None,
     T0: torch.Tensor | str | None,
-    epsilon: float | None,
+    epsilon: float,
     solver: str,
     max_iter: int,
     tol: float,
@@ -228,18 +224,15 @@ def _barycenter(
 
     tried = _starts(T0, pM, qM, M, N, n)
     S = len(tried)
-    eps = [epsilon if epsilon is not None else DEFAULT_EPSILON[kind] for kind, _ in tried]
     C0 = _mean(lam, K) if init_C is None else init_C.detach().to(dt)
     X0 = None if Y is None else (_mean(lam, Y) if init_X is None else init_X.detach().to(dt))
     C = C0.expand(S, N, N)
     X = None if X0 is None else X0.expand(S, *X0.shape)
-    T = torch.stack([initial_plan(t, pM, qM, solver) for _, t in tried])  # (S, M, N, n)
+    T = torch.stack([initial_plan(t, pM, qM, solver) for t in tried])  # (S, M, N, n)
     # the start itself is a candidate (unmixed: the proximal start carries a trace of p q^T)
-    best = torch.stack([initial_plan(t, pM, qM, "entropic") for _, t in tried])
+    best = torch.stack([initial_plan(t, pM, qM, "entropic") for t in tried])
     best_obj = _objective(lam, C, X, K, Y, best, alpha)  # (S,)
     KS, pS, qS = K.repeat(S, 1, 1), pM.repeat(S, 1), qM.repeat(S, 1)
-    eps_rows = torch.tensor(eps, dtype=dt, device=K.device).repeat_interleave(M)  # (S*M,)
-    eps_min = min(eps)
     active = torch.ones(S, dtype=torch.bool, device=K.device)
     rounds = 0
     while rounds < max_iter:
@@ -261,13 +254,13 @@ def _barycenter(
             pS,
             qS,
             T.reshape(S * M, N, n),
-            eps_min,
+            epsilon,
             solver,
             gw_steps,
             0.0,
             inner_max_iter=inner_max_iter,
             warn=False,
-            scale=(scale if solver == "proximal" else 1.0) * (eps_rows / eps_min),
+            scale=scale if solver == "proximal" else None,
         )
         moving = active.view(S, 1, 1, 1)
         T = torch.where(moving, flat.view(S, M, N, n), T)
@@ -285,17 +278,15 @@ def _barycenter(
     return _finish(Ys, Ks, lambdas, pN, best[int(best_obj.argmin())], alpha, rounds)
 
 
-def _starts(T0, pM, qM, M, N, n) -> list[tuple[str, torch.Tensor | str]]:
-    """(kind, start) pairs ``T0`` stands for (``"auto"``: identity where feasible, and product)."""
+def _starts(T0, pM, qM, M, N, n) -> list[torch.Tensor | str]:
+    """The starts ``T0`` stands for (``"auto"``: identity where feasible, and product)."""
     if T0 is None or (isinstance(T0, str) and T0 == "auto"):
-        paired = N == n and identity_feasible(pM, qM)
-        return [("identity", "identity"), ("product", "product")] if paired else [("product", "product")]
+        return ["identity", "product"] if N == n and identity_feasible(pM, qM) else ["product"]
     if isinstance(T0, str):
         if T0 not in ("identity", "product"):
             raise ValueError(f"T0 must be 'auto', 'identity', 'product' or a tensor, got {T0!r}")
-        return [(T0, T0)]
-    T, _ = plan_like(T0, "T0", M, N, n, pM)
-    return [("tensor", T)]
+        return [T0]
+    return [plan_like(T0, "T0", M, N, n, pM)[0]]
 
 
 def _mean(lam: torch.Tensor, A: torch.Tensor) -> torch.Tensor:

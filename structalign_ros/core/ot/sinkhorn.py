@@ -91,9 +91,14 @@ def sinkhorn_log(
     active = torch.ones(B, dtype=torch.bool, device=a.device)
     finite = torch.ones_like(active)
     err = torch.full((B,), float("inf"), dtype=a.dtype, device=a.device)
+    # the masks cost a few small ops per iteration, so they are applied only where needed: zero
+    # weights (`sparse`) and problems already stopped (`frozen`)
+    sparse = not bool(on_a.all() and on_b.all())
+    frozen = False
     for it in range(1, max_iter + 1):
-        # where(): an empty row of a -inf prior would otherwise give -inf - -inf = nan
-        u_new = torch.where(on_a, log_a - torch.logsumexp(log_K + v.unsqueeze(-2), dim=-1), minus_inf)
+        u_new = log_a - torch.logsumexp(log_K + v.unsqueeze(-2), dim=-1)
+        if sparse:  # an empty row of a -inf prior would otherwise give -inf - -inf = nan
+            u_new = torch.where(on_a, u_new, minus_inf)
         check = it % check_every == 0 or it == max_iter
         bad = None
         if check:
@@ -109,15 +114,18 @@ def sinkhorn_log(
             good_u = torch.where(_rows(keep), u_new, good_u)
             good_v = torch.where(_rows(keep), v, good_v)
             u_new = torch.where(_rows(bad), good_u, u_new)
-        u = torch.where(_rows(active), u_new, u)
-        v_new = torch.where(on_b, log_b - torch.logsumexp(log_K + u.unsqueeze(-1), dim=-2), minus_inf)
+        u = torch.where(_rows(active), u_new, u) if frozen else u_new
+        v_new = log_b - torch.logsumexp(log_K + u.unsqueeze(-1), dim=-2)
+        if sparse:
+            v_new = torch.where(on_b, v_new, minus_inf)
         if bad is not None:
             v_new = torch.where(_rows(bad), good_v, v_new)
-        v = torch.where(_rows(active), v_new, v)
+        v = torch.where(_rows(active), v_new, v) if frozen else v_new
         if check:
             active = active & ok & (e > tol)
             if not bool(active.any()):
                 break
+            frozen = not bool(active.all())
     if warn and not bool(finite.all()):
         warn_non_finite("sinkhorn", "Increase epsilon.")
     if warn and bool(active.any()):
