@@ -3,6 +3,9 @@
 Each command lives in its own module under :mod:`structalign_ros.commands` with two functions,
 ``configure(parser)`` and ``run(args) -> int``. Modules are imported only when their command runs, so
 ``structalign --help`` stays instant and a command never pays for another's heavy imports.
+
+A :class:`~structalign_ros.core.bags.BagError` (a bag unreadable, or with topics the configuration does
+not read) ends any command with its one-paragraph message on stderr and exit code 1, no traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"structalign {known.command}", description=help_text)
     module.configure(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    # A bag that cannot be read or does not fit the configuration (a user's own bag) is an answer for
+    # the user, not a traceback, whichever command and whichever stage of it met the bag.
+    from structalign_ros.core.bags import BagError
+
+    try:
+        return int(module.run(args) or 0)
+    except BagError as exc:
+        print(f"structalign {known.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,30 @@ class BagError(RuntimeError):
     """A bag cannot be opened, read or written; the message names the bag and the reason."""
 
 
+class BagTopicError(BagError):
+    """A bag's topics do not fit the configuration (a user's own bag, with other topic names); the
+    message names the bag, the topics it has and the ones the configuration reads."""
+
+
+def topic_mismatch(
+    path: str | Path, has: Mapping[str, str], expected: Iterable[str], missing: Iterable[str]
+) -> str:
+    """The one-paragraph explanation of a :class:`BagTopicError`.
+
+    Args:
+        has: the bag's topics and their message types.
+        expected: the topics the configuration reads.
+        missing: those of ``expected`` the bag lacks.
+    """
+    held = ", ".join(f"{t} ({m})" for t, m in sorted(has.items())) or "none"
+    return (
+        f"{path}: the bag lacks the configured topic(s) {', '.join(sorted(missing))}. "
+        f"It has: {held}. The configuration reads: {', '.join(sorted(expected))}. "
+        "Set modalities.<name>.topic in a parameter file (--config) to the bag's topic names, "
+        "or disable the modalities it does not record (modalities.<name>.enabled: false)."
+    )
+
+
 @functools.cache
 def typestore() -> Any:
     """The ROS 2 Kilted message definitions (identical to Jazzy for every type used here)."""
@@ -171,18 +195,30 @@ def bag_info(path: str | Path) -> BagInfo:
         reader.close()
 
 
-def iter_messages(paths: Iterable[str | Path], topics: Iterable[str]) -> Iterator[tuple[str, int, Any]]:
+def iter_messages(
+    paths: Iterable[str | Path], topics: Iterable[str], require_any: Iterable[str] = ()
+) -> Iterator[tuple[str, int, Any]]:
     """``(topic, receive_ns, message)`` of ``topics`` from each bag in turn, each bag in time order.
 
-    Only the wanted topics are deserialised. Bags follow each other, so time jumps back between two
-    bags; :class:`~structalign_ros.core.windows.WindowAssembler` treats that as a reset.
+    Only the wanted topics are deserialised; a bag with none of them yields nothing. Bags follow each
+    other, so time jumps back between two bags; :class:`~structalign_ros.core.windows.WindowAssembler`
+    treats that as a reset.
+
+    Raises:
+        BagTopicError: a bag has none of ``require_any`` (when given).
     """
     wanted = set(topics)
+    required = set(require_any)
     store = typestore()
     for path in paths:
         reader = _open(Path(path))
         try:
+            if required and not required & {c.topic for c in reader.connections}:
+                has = {c.topic: c.msgtype for c in reader.connections}
+                raise BagTopicError(topic_mismatch(path, has, required, required))
             conns = [c for c in reader.connections if c.topic in wanted]
+            if not conns:  # rosbags reads every connection when given none
+                continue
             for conn, receive_ns, raw in reader.messages(connections=conns):
                 yield conn.topic, receive_ns, store.deserialize_cdr(raw, conn.msgtype)
         except (ReaderError, ValueError, KeyError, IndexError, AssertionError) as exc:
@@ -200,6 +236,11 @@ def iter_samples(
 ) -> Iterator[tuple[str, int, np.ndarray]]:
     """``(modality, stamp_ns, array)`` for every enabled modality's topic, converted like the live node.
 
+    Raises:
+        BagTopicError: a bag has none of the enabled modalities' topics (nothing in it could be used:
+            a bag of other topic names). A bag with some of them is read; the missing streams are
+            masked, as a silent sensor is live (``structalign bag-info`` lists them).
+
     Args:
         paths: bags read one after the other.
         modalities: name -> config; the topic picks the messages, the kind the converter.
@@ -211,7 +252,8 @@ def iter_samples(
     by_topic = {m.topic: (name, m.kind, m.joint_list) for name, m in modalities.items() if m.enabled}
     if pose_topic:
         by_topic[pose_topic] = ("pose", "pose", [])
-    for topic, _, msg in iter_messages(paths, by_topic):
+    sensors = [m.topic for m in modalities.values() if m.enabled]
+    for topic, _, msg in iter_messages(paths, by_topic, require_any=sensors):
         name, kind, joints = by_topic[topic]
         try:
             stamp, array = convert(kind, msg, joints)

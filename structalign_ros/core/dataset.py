@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from structalign_ros.core.bags import bag_info, iter_samples
+from structalign_ros.core.bags import BagTopicError, bag_info, iter_samples, topic_mismatch
 from structalign_ros.core.batch import Batch, collate
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.windows import AssemblerStats, Window, WindowAssembler
@@ -93,6 +93,18 @@ def collate_labelled(items: Sequence[tuple[Window, np.ndarray | None]]) -> Batch
     return collate(windows, None if any(p is None for p in poses) else poses)
 
 
+def check_topics(paths: Sequence[str | Path], config: StructAlignConfig) -> None:
+    """Raise :class:`~structalign_ros.core.bags.BagTopicError` unless every bag records every enabled
+    modality's topic (from the metadata alone). Training needs them all: a window is only used once
+    every stream has delivered a sample, so a bag without one stream yields no window at all."""
+    expected = [config.modalities[n].topic for n in config.enabled_modalities]
+    for path in paths:
+        has = {t: m for t, (m, _) in bag_info(path).topics.items()}
+        missing = [t for t in expected if t not in has]
+        if missing:
+            raise BagTopicError(topic_mismatch(path, has, expected, missing))
+
+
 class WindowDataset(IterableDataset):
     """Training windows from bags.
 
@@ -108,6 +120,8 @@ class WindowDataset(IterableDataset):
         cache: keep the windows in memory after the first pass and shuffle them from there (about
             120 kB a window with the default sensors: 0.4 GB per simulated minute); later passes
             then cost no bag reading, conversion or windowing. Without workers only.
+    Raises:
+        BagTopicError: a bag lacks an enabled modality's topic (:func:`check_topics`).
     """
 
     def __init__(
@@ -125,6 +139,7 @@ class WindowDataset(IterableDataset):
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 1")
         self.paths = [Path(p) for p in paths]
+        check_topics(self.paths, config)
         self.config = config
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
@@ -186,6 +201,8 @@ def estimated_windows(paths: Sequence[str | Path], config: StructAlignConfig) ->
 
 def object_track(path: str | Path, config: StructAlignConfig) -> tuple[np.ndarray, np.ndarray]:
     """The ground-truth object track of one bag (``config.sim.object_pose_topic``).
+
+    The track is optional: a real robot's bag has no such topic, and then both arrays are empty.
 
     Returns:
         ``(K,)`` int64 stamps and ``(K, 3)`` positions (m); empty when the bag has none (a real robot).
