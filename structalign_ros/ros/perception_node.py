@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import signal
 import sys
 import threading
 import time
@@ -59,7 +60,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.duration import Duration
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, Imu, JointState
 from visualization_msgs.msg import MarkerArray
 
@@ -103,6 +106,8 @@ GROUND_TRUTH = "ground truth"
 # Windows waiting for the inference worker; beyond this the oldest is dropped (and counted): the
 # outputs must stay current rather than fall further and further behind.
 INFERENCE_QUEUE = 4
+# How long deactivation waits for subscribers to acknowledge the DELETEALL marker.
+MARKER_ACK_S = 1.0
 
 
 def _unused(msg: Any) -> None:
@@ -270,6 +275,8 @@ class PerceptionNode(LifecycleNode):
             )
         frame = self.config.node.marker_frame
         self._pub["markers"].publish(delete_all(frame, self.get_clock().now().nanoseconds))
+        # a shutdown destroys the publisher next: give subscribers a moment to acknowledge the clear
+        self._pub["markers"].wait_for_all_acked(Duration(seconds=MARKER_ACK_S))
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -441,27 +448,47 @@ def responsive_threads() -> None:
     sys.setswitchinterval(0.001)
 
 
-def main(args: list[str] | None = None) -> None:
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (``ros2 launch`` sends SIGINT, then SIGTERM after 5 s).
+
+    rclpy's own handlers must be off (``SignalHandlerOptions.NO``): they shut the context down
+    before the node has deactivated, under its sensor reader and inference worker.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def main(args: list[str] | None = None) -> int:
     """``ros2 run structalign_ros perception_node [--ros-args --params-file FILE]``: configures and
-    activates itself; a failed configure leaves the node up (unconfigured) for a lifecycle manager."""
+    activates itself; a failed configure leaves the node up (unconfigured) for a lifecycle manager.
+
+    SIGINT and SIGTERM stop it in order: deactivate (sensor reader and worker stopped, fine-tuning
+    paused, a final checkpoint, DELETEALL for the chart), clean up, destroy, then rclpy; exit code 0.
+    """
     responsive_threads()
-    rclpy.init(args=args)
+    stop = stop_on_signals()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = PerceptionNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    autostart(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        autostart(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
         try:
             node.trigger_shutdown()
         except Exception as exc:  # already finalized
             node.get_logger().debug(f"shutdown: {exc}")
+        executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
