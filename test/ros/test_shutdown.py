@@ -120,10 +120,12 @@ def test_perception_node_stops_in_order_on_a_signal(
     feeder = None
     try:
         feeder = LoopingPublisher(ros_context, small_world.bag)
+
         # fine-tuned weights are installed in the node: a final checkpoint has something to write
-        installed = lambda: (
-            int(fine_tuning_values(recorder.snapshot()["/diagnostics"]).get("model_version", 0)) > 0
-        )  # noqa: E731
+        def installed() -> bool:
+            values = fine_tuning_values(recorder.snapshot()["/diagnostics"])
+            return int(values.get("model_version", 0)) > 0
+
         assert wait_for(installed), err.read_text()
         assert not (folder / "last.pt").exists()
         node.send_signal(sig)
