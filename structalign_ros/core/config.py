@@ -155,6 +155,82 @@ class WindowConfig:
 
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
+# Sensor faults the simulator and ``structalign play`` inject (structalign_ros.core.sim.faults).
+FAULT_KINDS = ("none", "noise", "stuck", "bias", "zero", "blackout", "occlude", "delay")
+FRAME_FAULTS = ("blackout", "occlude")  # camera faults: image or depth only
+MAX_FAULT_DELAY_MS = 2000.0
+
+
+@dataclass
+class FaultConfig:
+    """A sensor fault injected into what the simulator publishes (live-settable on the sim node).
+
+    Args:
+        modality: the sensor kind it hits (``image``, ``depth``, ``wrench``, ``imu``, ``tactile``,
+            ``joints``); empty: no fault.
+        kind: ``none``; ``noise`` (Gaussian, ``magnitude`` x the signal's own std); ``stuck`` (the
+            last value before the fault, frozen); ``bias`` (+ ``magnitude`` x the signal's std);
+            ``zero`` (an all-zero signal); ``blackout`` (camera image or depth all 0); ``occlude``
+            (the right half of the frame 0); ``delay`` (each message carries the reading of
+            ``delay_ms`` earlier, stamps unchanged).
+        magnitude: for ``noise`` and ``bias``, in units of the signal's own std (per channel, from the
+            clean readings so far).
+        delay_ms: for ``delay``, how far the content lags its stamps (at most 2000).
+        start_s: the fault starts this many seconds after the first reading.
+        stop_s: and stops this many seconds after the first reading; 0: it never stops.
+    """
+
+    modality: str = ""
+    kind: str = "none"
+    magnitude: float = 1.0
+    delay_ms: float = 100.0
+    start_s: float = 0.0
+    stop_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.modality and self.modality not in MODALITY_KINDS:
+            raise ConfigError(f"modality={self.modality!r} is not empty or one of {MODALITY_KINDS}")
+        if self.kind not in FAULT_KINDS:
+            raise ConfigError(f"kind={self.kind!r} is not one of {FAULT_KINDS}")
+        if self.kind in FRAME_FAULTS and self.modality not in ("", *FRAME_KINDS):
+            raise ConfigError(f"kind={self.kind!r} is a camera fault: modality must be one of {FRAME_KINDS}")
+        if not self.magnitude >= 0:
+            raise ConfigError(f"magnitude={self.magnitude} must be >= 0")
+        if not 0 <= self.delay_ms <= MAX_FAULT_DELAY_MS:
+            raise ConfigError(f"delay_ms={self.delay_ms} must be in [0, {MAX_FAULT_DELAY_MS:g}]")
+        if not self.start_s >= 0 or not (self.stop_s == 0 or self.stop_s > self.start_s):
+            raise ConfigError(
+                f"start_s={self.start_s}, stop_s={self.stop_s}: need 0 <= start_s < stop_s (or 0)"
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether a fault is configured at all (a modality and a kind other than ``none``)."""
+        return bool(self.modality) and self.kind != "none"
+
+
+@dataclass
+class ShiftConfig:
+    """A domain shift of the simulated workcell, from the start or set live on the sim node.
+
+    Args:
+        camera_yaw_deg: the camera orbits this far about the vertical axis through the point it looks
+            at (still looking at it).
+        tool_mass_kg: payload added to the tool (the F/T sensor carries it).
+        light_scale: brightness factor of the scene's lights (1: as built).
+    """
+
+    camera_yaw_deg: float = 0.0
+    tool_mass_kg: float = 0.0
+    light_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not -180 <= self.camera_yaw_deg <= 180:
+            raise ConfigError(f"camera_yaw_deg={self.camera_yaw_deg} must be in [-180, 180]")
+        if not 0 <= self.tool_mass_kg <= 5:
+            raise ConfigError(f"tool_mass_kg={self.tool_mass_kg} must be in [0, 5]")
+        if not self.light_scale >= 0:
+            raise ConfigError(f"light_scale={self.light_scale} must be >= 0")
 
 
 @dataclass
@@ -180,6 +256,8 @@ class SimConfig:
         episode_s: the live simulated robot starts a new episode (seed + 1) after this many seconds;
             stamps keep increasing across episodes.
         publish_clock: the live simulated robot also publishes ``/clock`` (for ``use_sim_time``).
+        fault: a sensor fault injected into the published readings (:class:`FaultConfig`).
+        shift: a domain shift of the workcell (:class:`ShiftConfig`).
     """
 
     robot: str = "arm4"
@@ -195,6 +273,8 @@ class SimConfig:
     seed: int = 0
     episode_s: float = 60.0
     publish_clock: bool = False
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
 
     def __post_init__(self) -> None:
         if self.robot not in SIM_ROBOTS:

@@ -39,12 +39,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 
-from structalign_ros.core.config import ConfigError
+from structalign_ros.core.config import ConfigError, FaultConfig, ShiftConfig, StructAlignConfig
+from structalign_ros.core.sim.faults import FaultInjector
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import Reading, SimRobot
 from structalign_ros.core.sim.scene import arm_for
 from structalign_ros.ros.messages import rclpy_class, time_msg, to_rclpy
-from structalign_ros.ros.params import declare_config, node_options
+from structalign_ros.ros.params import LiveParameters, declare_config, node_options
 
 NODE_NAME = "structalign_sim"
 # Message type of each reading kind (what reading_to_msg builds).
@@ -61,6 +62,11 @@ MSG_TYPES = {
 CLOCK_HZ = 100.0  # /clock rate when sim.publish_clock (ros2 bag play --clock defaults to 40 Hz)
 LATE_S = 0.05  # published this long after its simulated time, a reading is late (jitter is not)
 WARN_PERIOD_S = 5.0  # at most one "behind real time" warning this often
+# Settable while the node runs: the injected sensor fault and the domain shift (every other change is
+# refused with the reason).
+LIVE_PARAMETERS = tuple(f"sim.fault.{f.name}" for f in dataclasses.fields(FaultConfig)) + tuple(
+    f"sim.shift.{f.name}" for f in dataclasses.fields(ShiftConfig)
+)
 # Reliable reaches both reliable and best-effort (sensor-data QoS) subscribers.
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -72,6 +78,11 @@ class SimNode(Node):
     the node reads ``modalities.*`` (topics, rates, enabled) and ``sim.*``. :meth:`start` starts the
     physics thread (once the subscribers it should feed exist), :meth:`stop` or :meth:`destroy_node`
     stops and joins it.
+
+    Live parameters (:data:`LIVE_PARAMETERS`): ``sim.fault.*`` injects a sensor fault into what is
+    published (:mod:`~structalign_ros.core.sim.faults`), ``sim.shift.*`` shifts the workcell (camera,
+    tool mass, light); both take effect from the next reading. Any other change while the node runs
+    is refused with the reason.
 
     Counters (read them from any thread): :attr:`published` messages per reading kind,
     :attr:`clock_published`, :attr:`episode` (index of the running episode), :attr:`sim_ns`
@@ -108,11 +119,26 @@ class SimNode(Node):
         self._last_warn = -WARN_PERIOD_S
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="structalign_sim_physics", daemon=True)
+        self._faults = FaultInjector(self.config.sim.fault, self.config.sim.seed)
+        self._shift: ShiftConfig | None = None  # set live, not yet applied by the physics thread
+        self._live = LiveParameters(self, LIVE_PARAMETERS, self._apply_live, lambda: self.config)
+        self._live.running = True
         topics = ", ".join(f"{k}={t}" for k, t in self.topics.items())
         self.get_logger().info(
             f"simulating seed {self.config.sim.seed}, {self.config.sim.episode_s:g} s episodes; {topics}"
             + ("; /clock" if self._clock_pub is not None else "")
         )
+
+    def _apply_live(self, config: StructAlignConfig) -> None:
+        """A validated change of the live parameters (sim.fault.*, sim.shift.*): in force from the next
+        reading (the running episode's workcell is shifted in place, later episodes are built so)."""
+        if config.sim.shift != self.config.sim.shift:
+            self._shift = config.sim.shift
+        self.config = config
+        self._faults.set(config.sim.fault)
+        f, shift = config.sim.fault, config.sim.shift
+        fault = f"{f.kind} on {f.modality}" if f.active else "none"
+        self.get_logger().info(f"fault: {fault}; shift: {shift}")
 
     @property
     def running(self) -> bool:
@@ -164,7 +190,11 @@ class SimNode(Node):
                             self._clock_pub.publish(Clock(clock=time_msg(self.start_ns + sim_ns)))
                             self.clock_published += 1
                             next_clock_ns = sim_ns - sim_ns % clock_period_ns + clock_period_ns
-                        stamped = dataclasses.replace(reading, stamp_ns=self.start_ns + sim_ns)
+                        if self._shift is not None:
+                            shift, self._shift = self._shift, None
+                            robot.apply_shift(shift)
+                        value = self._faults.apply(reading.kind, sim_ns, reading.value)
+                        stamped = dataclasses.replace(reading, stamp_ns=self.start_ns + sim_ns, value=value)
                         self._pubs[reading.kind].publish(to_rclpy(reading_to_msg(stamped, self.config)))
                         self.published[reading.kind] += 1
                         self.sim_ns = sim_ns

@@ -7,6 +7,7 @@ colour image and therefore shares its frame).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from structalign_ros.core.bags import BagWriter, image_msg, imu_msg, joint_state_msg, pose_msg, wrench_msg
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import DEPTH_MM_PER_M
+from structalign_ros.core.sim.faults import FaultInjector
 from structalign_ros.core.sim.robot import Reading, SimRobot
 from structalign_ros.core.sim.scene import ARMS
 
@@ -93,15 +95,22 @@ def record_episode(
 ) -> EpisodeStats:
     """Simulate ``seconds`` of episode ``seed`` and write it to a new bag at ``path``.
 
-    ``progress`` is called with the simulated seconds done, once per simulated second.
+    ``config.sim.fault`` (if any) is injected into the recorded sensor readings, ``config.sim.shift``
+    applied to the workcell; the ground truth stays clean. ``progress`` is called with the simulated
+    seconds done, once per simulated second.
     """
     topics = topics_by_kind(config)
     robot = SimRobot(config, seed, render=render)
+    faults = FaultInjector(config.sim.fault, seed) if config.sim.fault.active else None
     start = time.perf_counter()
     next_report = 1_000_000_000
     try:
         with BagWriter(path, storage) as writer:
             for reading in robot.run(seconds):
+                if faults is not None:
+                    reading = dataclasses.replace(
+                        reading, value=faults.apply(reading.kind, reading.stamp_ns, reading.value)
+                    )
                 writer.write(topics[reading.kind], reading_to_msg(reading, config), reading.stamp_ns)
                 if progress is not None and reading.stamp_ns >= next_report:
                     progress(next_report / 1e9)

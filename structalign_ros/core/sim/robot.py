@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config import ConfigError, ShiftConfig, StructAlignConfig
 from structalign_ros.core.sim.controller import PushPressController
 from structalign_ros.core.sim.noise import SensorNoise
 from structalign_ros.core.sim.scene import CAMERA, ObjectParams, arm_for, build_mjcf, sample_object
@@ -85,6 +85,19 @@ class SimRobot:
         )
         self._object_body = m.body("object").id
         self._site = {name: m.site(name).id for name in ("ee_site", "imu_site")}
+        self._camera, self._tool = m.camera(CAMERA).id, m.body("tool").id
+        self._as_built = (
+            m.cam_pos[self._camera].copy(),
+            m.cam_quat[self._camera].copy(),
+            float(m.body_mass[self._tool]),
+            m.body_inertia[self._tool].copy(),
+            m.light_diffuse.copy(),
+            m.vis.headlight.diffuse.copy(),
+            m.vis.headlight.ambient.copy(),
+        )
+        self.shift = ShiftConfig()
+        if sim.shift != self.shift:
+            self.apply_shift(sim.shift)
         self.data.qpos[self._joint_q] = self.controller.initial_joints
         self.data.ctrl[:] = self.controller.initial_joints
         mujoco.mj_forward(m, self.data)
@@ -107,6 +120,34 @@ class SimRobot:
         if too_fast:
             raise ConfigError(f"sensor rates {too_fast} exceed sim.physics_hz={config.sim.physics_hz}")
         return rates
+
+    def apply_shift(self, shift: ShiftConfig) -> None:
+        """Put the workcell in ``shift`` relative to how it was built (not cumulative); callable between
+        steps, from the thread that runs :meth:`run`.
+
+        The camera orbits the vertical axis through the point it looks at, the tool's mass grows by
+        the payload (its inertia in proportion, centre of mass unchanged), the lights' diffuse and
+        the headlight's diffuse and ambient colour scale by ``light_scale``.
+        """
+        m = self.model
+        pos, quat, mass, inertia, light, head_diffuse, head_ambient = self._as_built
+        yaw = np.radians(shift.camera_yaw_deg)
+        if yaw:
+            target = np.array(self.arm.camera_target)
+            c, s = np.cos(yaw), np.sin(yaw)
+            turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            m.cam_pos[self._camera] = target + turn @ (pos - target)
+            mujoco.mju_mulQuat(
+                m.cam_quat[self._camera], np.array([np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]), quat
+            )
+        else:
+            m.cam_pos[self._camera], m.cam_quat[self._camera] = pos, quat
+        m.body_mass[self._tool] = mass + shift.tool_mass_kg
+        m.body_inertia[self._tool] = inertia * (mass + shift.tool_mass_kg) / mass
+        m.light_diffuse[:] = light * shift.light_scale
+        m.vis.headlight.diffuse[:] = head_diffuse * shift.light_scale
+        m.vis.headlight.ambient[:] = head_ambient * shift.light_scale
+        self.shift = shift
 
     def close(self) -> None:
         """Release the renderers' GL contexts."""
