@@ -175,9 +175,16 @@ def diag_status(received, suffix: str) -> Any:
 
 class Publisher:
     """Publishes the episode's messages from this process in real time, through ``mutate`` (which may
-    alter a message, return a list of messages to send instead, or [] to send nothing)."""
+    alter a message, return a list of messages to send instead, or [] to send nothing).
 
-    def __init__(self, context: Any, world, mutate=lambda topic, msg, t: [msg], rate: float = 1.0) -> None:
+    With ``loop`` the episode is played again and again until :meth:`close`: for a test that waits on
+    what the node does with data, however long the node takes to get there (its subscriptions
+    matched, the trainer started), instead of on one pass of it.
+    """
+
+    def __init__(
+        self, context: Any, world, mutate=lambda topic, msg, t: [msg], rate: float = 1.0, loop: bool = False
+    ) -> None:
         from rclpy.node import Node
 
         from structalign_ros.core.bags import bag_info
@@ -187,8 +194,9 @@ class Publisher:
         self.node = Node("fault_publisher", context=context)
         topics = bag_info(world.bag).topics
         self.pubs = {t: self.node.create_publisher(rclpy_class(m), t, 100) for t, (m, _) in topics.items()}
-        self.world, self.mutate, self.rate = world, mutate, rate
+        self.world, self.mutate, self.rate, self.loop = world, mutate, rate, loop
         self.done = threading.Event()
+        self._stop = threading.Event()
         self.sent = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -200,8 +208,17 @@ class Publisher:
         camera = self.pubs[self.world.config.modalities["rgb"].topic]
         wait_until(lambda: camera.get_subscription_count() > 0, START_TIMEOUT_S, step=0.05)
         time.sleep(0.5)  # discovery of the other topics
+        while not self._stop.is_set():
+            self._play_once()
+            if not self.loop:
+                break
+        self.done.set()
+
+    def _play_once(self) -> None:
         t0_wall, t0_bag = time.monotonic(), None
         for topic, receive_ns, msg in iter_messages([self.world.bag], self.pubs):
+            if self._stop.is_set():
+                return
             t0_bag = receive_ns if t0_bag is None else t0_bag
             t = (receive_ns - t0_bag) * 1e-9
             delay = t0_wall + t / self.rate - time.monotonic()
@@ -210,9 +227,11 @@ class Publisher:
             for out in self.mutate(topic, self._to_rclpy(msg), t):
                 self.pubs[topic].publish(out)
                 self.sent += 1
-        self.done.set()
 
     def close(self) -> None:
+        """Wait for the pass to end (a looping publisher is stopped first)."""
+        if self.loop:
+            self._stop.set()
         self.thread.join(60)
         self.node.destroy_node()
 
@@ -478,13 +497,16 @@ def test_checkpoints_survive_a_kill_mid_run(small_world, ros_env, ros_context, t
             # the killed run's subscriptions stay known to DDS for a while: wait for this run's own
             started = lambda log=log: "running structalign_perception" in log.read_text()  # noqa: E731
             assert wait_until(started, START_TIMEOUT_S)
-            publisher = Publisher(ros_context, small_world, rate=2.0).start()
+            # Until a newer checkpoint is on disk, whatever it takes: one 1.5 s pass could be spent
+            # before this run's subscriptions matched (the killed run's, still known to DDS, satisfy
+            # the publisher's wait), and then the node never got a window (seen in a loaded full run).
+            publisher = Publisher(ros_context, small_world, rate=2.0, loop=True).start()
             assert wait_until(
                 lambda: (
                     (folder / "last.pt").exists()
                     and load_checkpoint(folder / "last.pt").step > (steps[-1] if steps else 0)
                 ),
-                60,
+                3 * START_TIMEOUT_S,  # an upper bound on the wait, not a speed requirement
             ), log.read_text()
             time.sleep(0.37 * (attempt + 1))
         finally:
