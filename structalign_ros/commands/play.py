@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from structalign_ros.core.config import (
+    FAULT_KINDS,
+    MODALITY_KINDS,
+    ConfigError,
+    FaultConfig,
+    StructAlignConfig,
+    load_yaml,
+)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bags", nargs="+", help="rosbag2 folders (mcap or sqlite3), played in order")
@@ -14,6 +23,64 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", type=float, default=5.0, help="seconds to wait for a subscriber before playing (default 5)"
     )
+    fault = parser.add_argument_group("sensor fault (see docs/DATA.md)")
+    fault.add_argument(
+        "--fault",
+        metavar="MODALITY:KIND",
+        help="inject a fault into one modality's topic: MODALITY is a configured modality (rgb, wrench, "
+        f"...) or a kind ({', '.join(MODALITY_KINDS)}); KIND is one of {', '.join(FAULT_KINDS[1:])}",
+    )
+    fault.add_argument(
+        "--fault-magnitude",
+        type=float,
+        default=1.0,
+        help="noise/bias size in units of the signal's std (default 1)",
+    )
+    fault.add_argument(
+        "--fault-delay-ms", type=float, default=100.0, help="delay of KIND=delay (default 100)"
+    )
+    fault.add_argument(
+        "--fault-start", type=float, default=0.0, help="seconds into each bag it starts (default 0)"
+    )
+    fault.add_argument(
+        "--fault-stop", type=float, default=0.0, help="seconds into each bag it stops (0: never)"
+    )
+    fault.add_argument("--fault-seed", type=int, default=0, help="seed of the fault's noise (default 0)")
+    fault.add_argument("--fault-topic", help="the topic to fault (default: MODALITY's topic in the config)")
+    fault.add_argument("--config", metavar="FILE", help="parameter file whose modalities name the topics")
+
+
+def resolve_fault(args: argparse.Namespace) -> tuple[FaultConfig | None, str]:
+    """The fault of ``--fault`` and the topic it hits, or ``(None, "")`` without one.
+
+    Raises:
+        ConfigError: an unknown modality or kind, or invalid fault values.
+    """
+    if not args.fault:
+        return None, ""
+    config = load_yaml(args.config) if args.config else StructAlignConfig()
+    name, sep, kind = args.fault.partition(":")
+    if not sep:
+        raise ConfigError(f"--fault {args.fault!r}: expected MODALITY:KIND, e.g. wrench:noise")
+    enabled = {n: m for n, m in config.modalities.items() if m.enabled}
+    if name in enabled:
+        modality, topic = enabled[name].kind, enabled[name].topic
+    elif name in MODALITY_KINDS:
+        topics = [m.topic for m in enabled.values() if m.kind == name]
+        modality, topic = name, topics[0] if topics else ""
+    else:
+        raise ConfigError(
+            f"--fault: {name!r} is neither a modality ({sorted(enabled)}) nor a kind {MODALITY_KINDS}"
+        )
+    fault = FaultConfig(
+        modality=modality,
+        kind=kind,
+        magnitude=args.fault_magnitude,
+        delay_ms=args.fault_delay_ms,
+        start_s=args.fault_start,
+        stop_s=args.fault_stop,
+    )
+    return fault, args.fault_topic or topic
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,10 +90,17 @@ def run(args: argparse.Namespace) -> int:
     from structalign_ros.core.bags import BagError
     from structalign_ros.ros.player import BagPlayer
 
+    try:
+        fault, fault_topic = resolve_fault(args)
+    except (ConfigError, OSError) as exc:
+        print(f"structalign play: {exc}", file=sys.stderr)
+        return 2
     rclpy.init()
     try:
         try:
-            player = BagPlayer(args.bags, args.rate, args.clock, args.loops, args.wait)
+            player = BagPlayer(
+                args.bags, args.rate, args.clock, args.loops, args.wait, fault, fault_topic, args.fault_seed
+            )
         except (BagError, ValueError) as exc:
             print(f"structalign play: {exc}", file=sys.stderr)
             return 1
@@ -39,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             player.stop()
         print(f"published {player.published} messages; at most {player.late_ms:.1f} ms behind schedule")
+        if fault is not None:
+            print(f"fault {fault.kind} on {fault_topic}: {player.faulted} messages changed")
         player.destroy_node()
     finally:
         rclpy.try_shutdown()

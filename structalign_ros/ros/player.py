@@ -5,6 +5,10 @@ with ``rosbags`` (:mod:`structalign_ros.core.bags`), copied into rclpy messages
 (:func:`~structalign_ros.ros.messages.to_rclpy`) and published when their recorded receive time is due,
 scaled by ``rate``. With ``clock`` the bag time is also published on ``/clock`` (for nodes running with
 ``use_sim_time``). Message stamps are published as recorded.
+
+With a fault (:class:`~structalign_ros.core.config.FaultConfig`), the messages of one topic are
+published as the faulted sensor would send them (:func:`~structalign_ros.core.sim.faults.fault_message`);
+its ``start_s``/``stop_s`` count from that topic's first message of each bag.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 
 from structalign_ros.core.bags import bag_info, iter_messages
+from structalign_ros.core.config import FaultConfig
+from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.ros.messages import rclpy_class, time_msg, to_rclpy
 
 
@@ -31,6 +37,10 @@ class BagPlayer(Node):
         loops: how many times to play the list (bag time keeps restarting each loop).
         wait_s: before playing, wait up to this long for a subscriber to appear (DDS discovery takes a
             moment; messages published before it completes are lost), then 0.5 s more for the rest.
+        fault: a sensor fault to inject into the messages of ``fault_topic`` (of kind
+            ``fault.modality``); None: play as recorded.
+        fault_topic: the topic the fault hits.
+        fault_seed: seeds the fault's noise.
     """
 
     def __init__(
@@ -40,6 +50,9 @@ class BagPlayer(Node):
         clock: bool = False,
         loops: int = 1,
         wait_s: float = 5.0,
+        fault: FaultConfig | None = None,
+        fault_topic: str = "",
+        fault_seed: int = 0,
     ) -> None:
         super().__init__("structalign_player")
         if not rate > 0:
@@ -49,6 +62,14 @@ class BagPlayer(Node):
         for bag in self.bags:
             types.update({t: msgtype for t, (msgtype, _) in bag_info(bag).topics.items()})
         self._pubs = {t: self.create_publisher(rclpy_class(m), t, 10) for t, m in types.items()}
+        self.fault = fault if fault is not None and fault.active else None
+        if self.fault is not None and fault_topic not in self._pubs:
+            raise ValueError(
+                f"fault topic {fault_topic!r} is not in the bags (they have {sorted(self._pubs)})"
+            )
+        self.fault_topic = fault_topic
+        self._fault_seed = fault_seed
+        self.faulted = 0  # messages published changed by the fault
         self._clock = self.create_publisher(Clock, "/clock", 10) if clock else None
         self.published = 0
         self.late_ms = 0.0  # the most any message was published behind its due time
@@ -83,6 +104,7 @@ class BagPlayer(Node):
             self.done.set()
 
     def _play_bag(self, bag: Path) -> None:
+        injector = FaultInjector(self.fault, self._fault_seed) if self.fault is not None else None
         start_wall = time.monotonic()
         start_bag: int | None = None
         for topic, receive_ns, msg in iter_messages([bag], self._pubs):
@@ -97,5 +119,9 @@ class BagPlayer(Node):
                 self.late_ms = max(self.late_ms, -delay * 1e3)
             if self._clock is not None:
                 self._clock.publish(Clock(clock=time_msg(receive_ns)))
+            if injector is not None and topic == self.fault_topic:
+                faulted = fault_message(injector.fault.modality, msg, injector)
+                self.faulted += faulted is not msg
+                msg = faulted
             self._pubs[topic].publish(to_rclpy(msg))
             self.published += 1

@@ -243,3 +243,22 @@ def test_recording_with_a_configured_fault(tmp_path) -> None:
     early = [v for stamp, v in wrench if stamp < 0.19e9]
     assert late and all((v == 0).all() for v in late)
     assert all(np.abs(v).max() > 0 for v in early)
+
+
+def test_play_options_resolve_to_a_fault_and_its_topic() -> None:
+    import argparse
+
+    from structalign_ros.commands import play
+
+    parser = argparse.ArgumentParser()
+    play.configure(parser)
+    args = parser.parse_args(["bag", "--fault", "rgb:occlude", "--fault-start", "2", "--fault-stop", "4"])
+    fault, topic = play.resolve_fault(args)
+    assert fault == FaultConfig(modality="image", kind="occlude", start_s=2.0, stop_s=4.0)
+    assert topic == StructAlignConfig().modalities["rgb"].topic
+    args = parser.parse_args(["bag", "--fault", "imu:delay", "--fault-delay-ms", "40", "--fault-topic", "/x"])
+    assert play.resolve_fault(args) == (FaultConfig(modality="imu", kind="delay", delay_ms=40.0), "/x")
+    assert play.resolve_fault(parser.parse_args(["bag"])) == (None, "")
+    for bad, match in (("wrench", "MODALITY:KIND"), ("nose:noise", "neither"), ("wrench:blackout", "camera")):
+        with pytest.raises(ConfigError, match=match):
+            play.resolve_fault(parser.parse_args(["bag", "--fault", bad]))

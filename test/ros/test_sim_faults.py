@@ -111,3 +111,34 @@ def _live_run(items: list[np.ndarray]) -> int:
             break
         count += 1
     return count
+
+
+def test_play_injects_a_fault_into_one_topic(
+    topic_recorder: Any, ros_env: dict[str, str], tmp_path: Any
+) -> None:
+    """``structalign play --fault wrench:zero --fault-start 0.5``: the F/T of the bag's first half
+    second is played as recorded, then zeros; the IMU topic is untouched."""
+    from structalign_ros.core.sim.record import record_episode
+
+    config = StructAlignConfig()
+    record_episode(tmp_path / "bag", config, seed=2, seconds=1.0, render=False)
+    wrench, imu = config.modalities["wrench"].topic, config.modalities["imu"].topic
+    recorder = topic_recorder({wrench: rclpy_class(MSG_TYPES["wrench"]), imu: rclpy_class(MSG_TYPES["imu"])})
+    cmd = [sys.executable, "-m", "structalign_ros.cli", "play", str(tmp_path / "bag"), "--wait", "30"]
+    done = subprocess.run(
+        [*cmd, "--fault", "wrench:zero", "--fault-start", "0.5"],
+        env=ros_env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S * 2,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    _wait_until(lambda: len(recorder.snapshot()[wrench]) >= 1000, "the bag's 1000 F/T messages")
+    got = recorder.snapshot()
+    first = got[wrench][0].stamp_ns
+    early = [_wrench(r.msg) for r in got[wrench] if r.stamp_ns - first < 0.49e9]
+    late = [_wrench(r.msg) for r in got[wrench] if r.stamp_ns - first >= 0.5e9]
+    assert len(early) >= 400 and all(w.any() for w in early)
+    assert len(late) >= 400 and not any(w.any() for w in late)
+    assert got[imu] and all(r.msg.linear_acceleration.z != 0 for r in got[imu]), "the IMU is not faulted"
+    assert "fault zero on" in done.stdout and "500 messages changed" in done.stdout, done.stdout
