@@ -23,6 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", type=float, default=5.0, help="seconds to wait for a subscriber before playing (default 5)"
     )
+    add_fault_arguments(parser)
+    parser.add_argument("--config", metavar="FILE", help="parameter file whose modalities name the topics")
+
+
+def add_fault_arguments(parser: argparse.ArgumentParser, topic: bool = True) -> None:
+    """The ``--fault*`` options (``structalign play``; ``structalign sim`` without ``--fault-topic``)."""
     fault = parser.add_argument_group("sensor fault (see docs/DATA.md)")
     fault.add_argument(
         "--fault",
@@ -46,19 +52,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--fault-stop", type=float, default=0.0, help="seconds into each bag it stops (0: never)"
     )
     fault.add_argument("--fault-seed", type=int, default=0, help="seed of the fault's noise (default 0)")
-    fault.add_argument("--fault-topic", help="the topic to fault (default: MODALITY's topic in the config)")
-    fault.add_argument("--config", metavar="FILE", help="parameter file whose modalities name the topics")
+    if topic:
+        fault.add_argument(
+            "--fault-topic", help="the topic to fault (default: MODALITY's topic in the config)"
+        )
 
 
-def resolve_fault(args: argparse.Namespace) -> tuple[FaultConfig | None, str]:
-    """The fault of ``--fault`` and the topic it hits, or ``(None, "")`` without one.
+def resolve_fault(
+    args: argparse.Namespace, config: StructAlignConfig | None = None
+) -> tuple[FaultConfig | None, str]:
+    """The fault of ``--fault`` and the topic it hits, or ``(None, "")`` without one; modality names
+    and topics come from ``config`` (default: ``--config`` or the defaults).
 
     Raises:
         ConfigError: an unknown modality or kind, or invalid fault values.
     """
     if not args.fault:
         return None, ""
-    config = load_yaml(args.config) if args.config else StructAlignConfig()
+    if config is None:
+        config = load_yaml(args.config) if args.config else StructAlignConfig()
     name, sep, kind = args.fault.partition(":")
     if not sep:
         raise ConfigError(f"--fault {args.fault!r}: expected MODALITY:KIND, e.g. wrench:noise")
@@ -80,7 +92,7 @@ def resolve_fault(args: argparse.Namespace) -> tuple[FaultConfig | None, str]:
         start_s=args.fault_start,
         stop_s=args.fault_stop,
     )
-    return fault, args.fault_topic or topic
+    return fault, getattr(args, "fault_topic", None) or topic
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from structalign_ros.commands.play import add_fault_arguments, resolve_fault
 from structalign_ros.core.bags import STORAGES, BagError
 from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
 
@@ -16,6 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--no-render", action="store_true", help="skip the camera and depth images")
     parser.add_argument("--config", metavar="FILE", help="parameter file for topics, rates and sim settings")
+    add_fault_arguments(parser, topic=False)  # optional: the same fault as sim.fault.* in the config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_yaml(args.config) if args.config else StructAlignConfig()
+        fault, _ = resolve_fault(args, config)
+        if fault is not None:
+            config.sim.fault = fault
         with tqdm(
             total=args.seconds, unit="sim s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{rate_fmt}]"
         ) as bar:
