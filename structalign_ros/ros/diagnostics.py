@@ -3,8 +3,11 @@
 Three statuses per node, named ``<node>: windows``, ``<node>: fine-tuning`` and ``<node>: runtime``,
 so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the node is active but no
 window came out during the last period, WARN when windows were masked or messages dropped during it,
-else OK; the fine-tuning status is WARN when the online trainer failed, or has had windows to train
-on but finished no step for ``node.stall_warn_s``. Each message says why.
+else OK. Bad inputs are counted by modality and a fixed vocabulary of reason codes
+(``bad.<modality>.<code>``, :data:`~structalign_ros.core.telemetry.CODES`), with the newest reason text
+in ``bad.latest``, so the status has the same keys however many distinct faults arrive. The
+fine-tuning status is WARN when the online trainer failed, or has had windows to train on but
+finished no step for ``node.stall_warn_s``. Each message says why.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from structalign_ros.core.telemetry import reason_code
 from structalign_ros.ros.messages import time_msg
+
+LATEST_CHARS = 200  # the newest bad-input reason is cut to this
 
 
 def resident_mb() -> float:
@@ -52,6 +58,8 @@ def diagnostic_array(
     new_problems: int,
     active: bool,
     extra: dict[str, Any],
+    bad: dict[tuple[str, str], int] | None = None,
+    latest_bad: str = "",
 ) -> DiagnosticArray:
     """Build the array.
 
@@ -62,6 +70,9 @@ def diagnostic_array(
         new_problems: masks, drops and counted events since the previous report.
         active: whether the node is in the active lifecycle state.
         extra: more runtime values (device, backend, memory).
+        bad: bad-input counts per ``(source, code)`` (:meth:`~structalign_ros.core.telemetry.Events.by_code`);
+            None classifies ``report["events"]`` instead.
+        latest_bad: the newest bad-input reason in full (one value, ``bad.latest``).
     """
     if active and window_rate_hz == 0:
         level, message = DiagnosticStatus.ERROR, "no windows: is the camera publishing?"
@@ -80,8 +91,16 @@ def diagnostic_array(
         values[f"masked.{name}"] = n
     for name, n in sorted(per_modality(report["dropped"]).items()):
         values[f"dropped.{name}"] = n
-    for reason, n in sorted(report["events"].items()):
-        values[f"bad.{reason}"] = n
+    if bad is None:
+        bad = Counter()
+        for reason, n in report["events"].items():
+            bad[reason_code(reason)] += n
+    # one key per source and code of a fixed vocabulary: a sensor sending ever new garbage (every size,
+    # every joint name) adds counts, never keys
+    for (source, code), n in sorted(bad.items()):
+        values[f"bad.{source.replace(' ', '_')}.{code}"] = n
+    if latest_bad:
+        values["bad.latest"] = latest_bad[:LATEST_CHARS]
     for stage, pct in sorted(report["latency_ms"].items()):
         for q, ms in pct.items():
             values[f"latency_ms.{stage}.{q}"] = ms

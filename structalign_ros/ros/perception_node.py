@@ -397,9 +397,8 @@ class PerceptionNode(LifecycleNode):
             return
         report = pipeline.report()
         now = time.monotonic()
-        problems = (
-            sum(report["masked"].values()) + sum(report["dropped"].values()) + sum(report["events"].values())
-        )
+        events = pipeline.events
+        problems = sum(report["masked"].values()) + sum(report["dropped"].values()) + events.total()
         t_last, windows_last, problems_last = self._last_diag
         rate = (report["windows"] - windows_last) / max(now - t_last, 1e-9)
         self._last_diag = (now, report["windows"], problems)
@@ -419,6 +418,8 @@ class PerceptionNode(LifecycleNode):
                 problems - problems_last,
                 self.active,
                 extra,
+                bad=events.by_code(),
+                latest_bad=events.latest,
             )
         )
 
