@@ -172,12 +172,10 @@ class FaultInjector:
             return self._stuck.copy()
         if f.kind == "delay":
             due = stamp_ns - round(f.delay_ms * 1e6)
-            past = history[0][1]
-            for stamp, v in history:
-                if stamp > due:
-                    break
-                past = v
-            return past.copy()
+            for stamp, past in reversed(history):  # from the newest: delay_ms of readings to skip
+                if stamp <= due:
+                    return past.copy()
+            return history[0][1].copy()
         out = value.copy()
         target = out[..., :IMU_SIGNAL] if f.modality == "imu" else out
         if f.kind == "zero" or f.kind == "blackout":
