@@ -132,6 +132,7 @@ def solve_plan(
     finite = torch.ones_like(active)
     change = torch.full((B,), float("inf"), dtype=T0.dtype, device=T0.device)
     inner_err = change.clone()
+    frozen = False
     for it in range(1, max_iter + 1):
         log_K = -grad(T) / eps
         if log_T is not None:
@@ -150,20 +151,23 @@ def solve_plan(
             inner_err = torch.where(keep, res.err, inner_err)
             good = torch.where(_rows(keep), new_T, good)
             new_T = torch.where(_rows(bad), good, new_T)
-        moving = _rows(active)
-        T = torch.where(moving, new_T, T)
+        # stopped problems keep their state; the masks are skipped while none has stopped
+        moving = _rows(active) if frozen else None
+        T = new_T if moving is None else torch.where(moving, new_T, T)
         if log_T is not None:
             # the duals are folded into the prior: the next projection starts from zero duals
             folded = log_K + res.u.unsqueeze(-1) + res.v.unsqueeze(-2)
-            log_T = torch.where(moving, folded, log_T)
+            log_T = folded if moving is None else torch.where(moving, folded, log_T)
+        elif moving is None:
+            u, v = res.u, res.v
         else:
-            u = res.u if u is None else torch.where(active[:, None], res.u, u)
-            v = res.v if v is None else torch.where(active[:, None], res.v, v)
+            u, v = torch.where(active[:, None], res.u, u), torch.where(active[:, None], res.v, v)
         if check:
             done = (change < tol) & (inner_err <= inner_tol)
             active = active & ~bad & ~done
             if not bool(active.any()):
                 break
+            frozen = not bool(active.all())
     if warn:
         _report(what, active & finite, finite, change, inner_err, tol, inner_tol)
     # Late proximal steps act like Sinkhorn at epsilon / k and may leave their projection unfinished;

@@ -104,16 +104,20 @@ def sinkhorn_log(
         if check:
             # rows of the current plan sum to a * exp(u - u_new): the error costs no extra pass;
             # off the support both are -inf and the term is 0
-            step = torch.where(on_a, u - u_new, 0.0)
+            step = torch.where(on_a, u - u_new, 0.0) if sparse else u - u_new
             e = (a * (1.0 - torch.exp(step)).abs()).sum(-1) / mass
-            ok = torch.isfinite(e) & torch.isfinite(torch.where(on_a, u_new, 0.0)).all(-1)
-            bad = active & ~ok
-            finite = finite & ~bad
+            on_support = torch.where(on_a, u_new, 0.0) if sparse else u_new
+            ok = torch.isfinite(e) & torch.isfinite(on_support).all(-1)
             keep = active & ok
             err = torch.where(keep, e, err)
             good_u = torch.where(_rows(keep), u_new, good_u)
             good_v = torch.where(_rows(keep), v, good_v)
-            u_new = torch.where(_rows(bad), good_u, u_new)
+            bad = active & ~ok
+            if bool(bad.any()):
+                finite = finite & ~bad
+                u_new = torch.where(_rows(bad), good_u, u_new)
+            else:
+                bad = None
         u = torch.where(_rows(active), u_new, u) if frozen else u_new
         v_new = log_b - torch.logsumexp(log_K + u.unsqueeze(-1), dim=-2)
         if sparse:
