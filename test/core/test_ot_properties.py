@@ -174,6 +174,10 @@ def test_every_stop_short_warns_and_names_the_knob():
         gromov_wasserstein(C1, C2, p, q, max_iter=2, tol=1e-12)
     with pytest.warns(OTConvergenceWarning, match="raise max_iter or epsilon"):
         sinkhorn(p, q, torch.rand(len(p), len(q), dtype=F64), epsilon=1e-3, max_iter=3)
+    with pytest.warns(OTConvergenceWarning, match=r"gw_barycenter .*raise max_iter \(block"):
+        gw_barycenter(
+            paired_kernels(8, 2, seed=3), torch.tensor([0.5, 0.5], dtype=F64), T0="product", max_iter=1
+        )
 
 
 # ---------------------------------------------------------------- 3. validation

@@ -43,6 +43,7 @@ from ._base import (
     marginal,
     plan_like,
     simplex,
+    warn_not_converged,
 )
 from ._solver import identity_feasible, initial_plan, solve_plan
 from .fgw import fgw_value
@@ -286,6 +287,11 @@ def _barycenter(
         active = active & (obj <= RACE_MARGIN * best_obj.min())
         if not bool(active.any()):
             break
+    else:
+        if bool(active.any()):
+            gain = float((improved / obj.abs().clamp_min(1e-12))[active].max())
+            what = "gw_barycenter" if Y is None else "fgw_barycenter"
+            warn_not_converged(what, gain, tol, "raise max_iter (block-coordinate rounds).")
     return _finish(Ys, Ks, lambdas, pN, best[int(best_obj.argmin())], alpha, rounds)
 
 
