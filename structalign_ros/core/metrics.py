@@ -73,4 +73,4 @@ def gw_manifold_discrepancy(z1: Tensor, z2: Tensor, k: int = 5, epsilon: float =
 
     with torch.no_grad():
         d1, d2 = knn_geodesic_distances(z1.double(), k), knn_geodesic_distances(z2.double(), k)
-        return float(gromov_wasserstein2(d1, d2, epsilon=epsilon))
+        return float(gromov_wasserstein2(d1, d2, T0="product", epsilon=epsilon))
