@@ -406,6 +406,9 @@ class TrainConfig:
             seconds it rests ``t * (1 / online_duty_cycle - 1)``, leaving the rest of the machine (and
             Python's interpreter lock) to inference and the sensor callbacks; 1 = never rest.
         checkpoint_dir: where checkpoints are written; empty disables checkpointing.
+        online_idle_priority: run the online trainer under Linux's SCHED_IDLE (CPU time nothing else
+            wants); off, it competes with inference at normal priority (tests on a loaded machine,
+            where SCHED_IDLE can starve it for minutes).
     """
 
     lr: float = 1e-3
@@ -420,6 +423,7 @@ class TrainConfig:
     swap_period_s: float = 10.0
     online_duty_cycle: float = 0.5
     checkpoint_dir: str = ""
+    online_idle_priority: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

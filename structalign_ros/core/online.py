@@ -448,7 +448,8 @@ def _child_main(
         child = _Child(specs, model_cfg, state, steps, config, outbox)
         # Start-up (interpreter, torch import, model) ran at normal priority: under SCHED_IDLE beside a
         # busy node it took 4-10 s instead of 2-4 s before the first step. Training itself yields.
-        _run_in_background()
+        if config.train.online_idle_priority:
+            _run_in_background()
         _train(child, inbox, commands, outbox)
     except BaseException as exc:
         log.exception("online trainer failed")  # the traceback, on the node's standard error

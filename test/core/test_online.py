@@ -40,7 +40,10 @@ def config(backend="torch", **train):
     cfg.model = TINY
     cfg.objective.name = "pairwise"
     cfg.runtime.backend = backend
-    cfg.train = TrainConfig(**{"batch_size": 16, "min_replay": 16, "replay_capacity": 128, **train})
+    # normal priority: under SCHED_IDLE a loaded machine can starve the trainer past any wait
+    cfg.train = TrainConfig(
+        **{"batch_size": 16, "min_replay": 16, "replay_capacity": 128, "online_idle_priority": False, **train}
+    )
     return cfg
 
 
