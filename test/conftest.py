@@ -17,7 +17,15 @@ def small_config(**sections) -> StructAlignConfig:
         "sim": {"width": 32, "height": 32},
         "model": {"embed_dim": 16, "width": 8, "image_size": 16},
         "objective": {"name": "unioma", "tck_members": 4, "gw_iterations": 3, "sinkhorn_iterations": 10},
-        "train": {"batch_size": 8, "min_replay": 8, "replay_capacity": 64, "swap_period_s": 0.2},
+        # the online trainer at normal priority: SCHED_IDLE starves it on a loaded machine, and the tests
+        # wait for its steps (test_online checks the SCHED_IDLE default itself)
+        "train": {
+            "batch_size": 8,
+            "min_replay": 8,
+            "replay_capacity": 64,
+            "swap_period_s": 0.2,
+            "online_idle_priority": False,
+        },
         "runtime": {"backend": "torch", "threads": 1},
     }
     for key, value in sections.items():
