@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from structalign_ros.core.export import check_parity, example_batch, export_onnx
+from structalign_ros.core.export import example_batch, export_onnx
+from structalign_ros.core.runtime import check_parity
 from structalign_ros.core.train import CheckpointError, load_checkpoint
 
 

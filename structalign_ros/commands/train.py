@@ -312,7 +312,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:
     """``run_dir/last.onnx`` from the trained model, parity-checked on real windows."""
-    from structalign_ros.core.export import check_parity, example_batch, export_onnx
+    from structalign_ros.core.export import example_batch, export_onnx
+    from structalign_ros.core.runtime import check_parity
 
     model = model.cpu().eval()
     path = run_dir / "last.onnx"

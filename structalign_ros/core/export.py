@@ -69,22 +69,3 @@ def export_onnx(model: MultimodalModel, example: Batch, path: str | Path | io.By
             opset_version=OPSET,
             dynamo=False,
         )
-
-
-def check_parity(
-    model: MultimodalModel, onnx_model: str | Path | bytes, batch: Batch, atol: float = 1e-4
-) -> float:
-    """Largest absolute difference between torch and ONNX Runtime outputs on ``batch``.
-
-    Raises:
-        AssertionError: the difference exceeds ``atol``.
-    """
-    from structalign_ros.core.runtime import Predictor
-
-    ort = Predictor.from_onnx(onnx_model, providers="CPUExecutionProvider", threads=1)
-    ref = Predictor.from_model(model)
-    a, b = ref(batch), ort(batch)
-    worst = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-    if worst > atol:
-        raise AssertionError(f"ONNX parity: max |torch - onnxruntime| = {worst:.3g} > {atol}")
-    return worst

@@ -182,3 +182,20 @@ def _make_session(onnx_model: str | Path | bytes, providers: str, threads: int) 
     wanted = resolve_providers(providers, ort.get_available_providers())
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     return ort.InferenceSession(source, sess_options=opts, providers=wanted)
+
+
+def check_parity(
+    model: MultimodalModel, onnx_model: str | Path | bytes, batch: Batch, atol: float = 1e-4
+) -> float:
+    """Largest absolute difference between torch and ONNX Runtime outputs on ``batch``.
+
+    Raises:
+        AssertionError: the difference exceeds ``atol``.
+    """
+    ort = Predictor.from_onnx(onnx_model, providers="CPUExecutionProvider", threads=1)
+    ref = Predictor.from_model(model)
+    a, b = ref(batch), ort(batch)
+    worst = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    if worst > atol:
+        raise AssertionError(f"ONNX parity: max |torch - onnxruntime| = {worst:.3g} > {atol}")
+    return worst
