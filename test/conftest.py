@@ -21,6 +21,7 @@ def small_config(**sections) -> StructAlignConfig:
         # wait for its steps (test_online checks the SCHED_IDLE default itself)
         "train": {
             "batch_size": 8,
+            "head_steps": 20,
             "min_replay": 8,
             "replay_capacity": 64,
             "swap_period_s": 0.2,

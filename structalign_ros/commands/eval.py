@@ -32,6 +32,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--geometry-windows", type=int, default=64, help="windows for the geometry metrics")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
+    parser.add_argument(
+        "--train-bags",
+        nargs="+",
+        metavar="BAG",
+        help="bags to fit the baselines on (default: leave one of --bags out in turn)",
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the baselines and the sensor conditions"
+    )
 
 
 def labelled_batches(
@@ -57,6 +66,35 @@ def labelled_batches(
                 batch = collate_labelled([(w, p) for (w, _), p in zip(chunk, poses, strict=True)])
             speed = object_speed(track_ns, track_xyz, batch.stamps_ns.numpy()) if len(track_ns) else None
             yield batch, speed, episode
+
+
+def pose_quality(runner: Any, config: Any, args: Any) -> Any:
+    """The model beside the baselines under every sensor condition (:mod:`core.quality`), or None
+    when the bags have no ground-truth pose."""
+    from structalign_ros.core.baselines import fit_baselines
+    from structalign_ros.core.batch import concat
+    from structalign_ros.core.dataset import labelled_episode
+    from structalign_ros.core.quality import leave_one_episode_out, model_pose, quality_report
+
+    episodes = [e for e in (labelled_episode(p, config) for p in args.bags) if e is not None]
+    if not episodes:
+        return None
+    kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
+    if args.train_bags:
+        train = [e for e in (labelled_episode(p, config) for p in args.train_bags) if e is not None]
+        if not train:
+            raise ValueError("the --train-bags have no ground-truth poses to fit the baselines on")
+        baselines = fit_baselines(concat(train), kinds)
+    elif len(episodes) >= 2:
+        baselines = leave_one_episode_out(episodes, kinds, lambda b: fit_baselines(b, kinds))
+    else:
+        print(
+            "structalign eval: no baselines: give --train-bags, or two or more labelled --bags for "
+            "leave-one-episode-out",
+            file=sys.stderr,
+        )
+        return None
+    return quality_report(model_pose(runner), concat(episodes), baselines, kinds)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -198,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
             max_windows=args.max_windows,
             geometry_windows=args.geometry_windows,
         )
+        if not args.no_baselines:
+            report["quality"] = pose_quality(runner, config, args)
     except (CheckpointError, ConfigError, BagError, OSError, ValueError) as exc:
         print(f"structalign eval: {exc}", file=sys.stderr)
         return 1
@@ -208,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
+    if report.get("quality"):
+        from structalign_ros.core.quality import format_quality
+
+        print("\n" + format_quality(report["quality"]))
     if not args.no_plots:
         for path in plot(report, out_dir):
             print(f"wrote {path}")

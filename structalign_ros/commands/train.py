@@ -4,10 +4,13 @@ Bags are replayed through :func:`core.dataset.iter_windows` (convert -> WindowAs
 node), batched by :class:`core.dataset.WindowDataset`, and trained by :class:`core.train.Trainer`
 (:func:`core.train.train_step`). Validation holds out whole bags (episodes). The run directory gets:
 
-- ``last.pt`` (the checkpoint ``structalign run`` and the perception node load) and ``last.onnx``
-  (exported and parity-checked against ONNX Runtime at the end);
-- ``resume.pt`` (optimiser and counters, for ``--resume``), written with ``last.pt`` every
-  ``--checkpoint-every`` steps and at every epoch end, both atomically;
+- ``model.pt`` (the checkpoint ``structalign run``, ``eval`` and the perception node load) and
+  ``model.onnx`` (exported and parity-checked against ONNX Runtime): the model the run delivers,
+  the best on the held-out bags (validated every ``train.validate_every`` steps, ``best.pt`` and
+  ``best.json`` meanwhile) with its pose experts refitted and calibrated (:mod:`core.headfit`), if
+  that is no worse on the held-out bags than without;
+- ``last.pt`` (the latest weights) and ``resume.pt`` (optimiser and counters, for ``--resume``),
+  written every ``--checkpoint-every`` steps and at every epoch end, both atomically;
 - ``metrics.csv`` (long format: step, epoch, split, metric, value) and TensorBoard event files;
 - ``summary.json``, the final numbers (also printed as the last line).
 
@@ -47,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add UniOMA's GW structural regulariser to --objective (pairwise, symile or gram)",
     )
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training windows")
-    parser.add_argument("--steps", type=int, help="total steps instead of --epochs")
+    parser.add_argument("--epochs", type=float, help="passes over the training windows instead of --steps")
+    parser.add_argument("--steps", type=int, help="total steps (default: train.steps)")
     parser.add_argument("--out", default="run", metavar="RUN", help="run directory (default ./run)")
     parser.add_argument("--resume", action="store_true", help="continue RUN from its resume.pt")
     parser.add_argument(
@@ -180,7 +183,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     from structalign_ros.core.models import ModalitySpec, MultimodalModel
     from structalign_ros.core.objectives import build_objective
-    from structalign_ros.core.train import CheckpointError, Trainer, load_checkpoint, seed_everything
+    from structalign_ros.core.train import (
+        CheckpointError,
+        Trainer,
+        load_checkpoint,
+        save_checkpoint,
+        seed_everything,
+    )
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -211,7 +220,12 @@ def _run(args: argparse.Namespace) -> int:
         count = torch.tensor([steps_per_epoch], device=device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
         steps_per_epoch = int(count)
-    total = args.steps if args.steps is not None else max(1, round(args.epochs * steps_per_epoch))
+    if args.steps is not None:
+        total = args.steps
+    elif args.epochs is not None:
+        total = max(1, round(args.epochs * steps_per_epoch))
+    else:
+        total = tc.steps
 
     train_ds = WindowDataset(train_bags, config, seed=tc.seed, shard=(rank, world), cache=not args.no_cache)
     loader = data_loader(train_ds, tc.batch_size)
@@ -250,6 +264,16 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     log = MetricsLog(run_dir, main)
+    best = BestOnValidation(run_dir, model, resuming) if val_loader is not None and main else None
+    limit = args.val_batches if args.val_batches > 0 else None
+
+    def validate() -> dict[str, float]:
+        metrics = trainer.validate(itertools.islice(val_loader, limit))
+        log.log(trainer.step, trainer.epoch, "val", metrics)
+        if best is not None:
+            best.offer(trainer.step, metrics, config)
+        return metrics
+
     last_val: dict[str, float] = {}
     started = time.perf_counter()
     start_step = trainer.step
@@ -257,6 +281,7 @@ def _run(args: argparse.Namespace) -> int:
     bar = tqdm(
         total=total, initial=trainer.step, unit="step", disable=not main or args.quiet, dynamic_ncols=True
     )
+    every = tc.validate_every
     try:
         while trainer.step < total:
             epoch_end = min(total, (trainer.step // steps_per_epoch + 1) * steps_per_epoch)
@@ -266,24 +291,25 @@ def _run(args: argparse.Namespace) -> int:
                 bar.update(1)
                 if args.checkpoint_every > 0 and trainer.step % args.checkpoint_every == 0:
                     trainer.save(run_dir)
+                if best is not None and every > 0 and trainer.step % every == 0 and trainer.step < total:
+                    last_val = validate()
             if trainer.step % steps_per_epoch == 0 or trainer.step >= total:
                 trainer.epoch += 1
-                if val_loader is not None and main:
-                    limit = args.val_batches if args.val_batches > 0 else None
-                    last_val = trainer.validate(itertools.islice(val_loader, limit))
-                    log.log(trainer.step, trainer.epoch, "val", last_val)
-                    bar.write(
-                        f"epoch {trainer.epoch}: val loss {last_val.get('loss', float('nan')):.4f}"
-                        + (
-                            f", pose {1e3 * last_val['pose_pos_mae']:.1f} mm"
-                            if "pose_pos_mae" in last_val
-                            else ""
-                        )
-                    )
+                if best is not None:
+                    last_val = validate()
+                    bar.write(f"epoch {trainer.epoch}: val " + _describe(last_val))
                 trainer.save(run_dir)
     finally:
         bar.close()
-        log.close()
+    summary_head: dict[str, Any] = {}
+    if main:
+        if best is not None:
+            best.restore(model)
+        if tc.head_steps > 0 and model.pose_head is not None:
+            summary_head = _fit_head(trainer, model, train_ds, val_loader, limit, best, config)
+            last_val = summary_head.pop("val", last_val)
+        save_checkpoint(run_dir / "model.pt", model, config, trainer.step)
+    log.close()
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
         "run": str(run_dir),
@@ -297,6 +323,8 @@ def _run(args: argparse.Namespace) -> int:
         else None,
         "world_size": world,
         "val": last_val,
+        "best_step": None if best is None else best.step,
+        **summary_head,
     }
     if main and not args.no_export:
         summary["onnx"], summary["onnx_max_abs_diff"] = _export(
@@ -311,13 +339,103 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:
-    """``run_dir/last.onnx`` from the trained model, parity-checked on real windows."""
+    """``run_dir/model.onnx`` from the delivered model, parity-checked on real windows."""
     from structalign_ros.core.export import example_batch, export_onnx
     from structalign_ros.core.runtime import check_parity
 
     model = model.cpu().eval()
-    path = run_dir / "last.onnx"
+    path = run_dir / "model.onnx"
     export_onnx(model, example_batch(model), path)
     probe = next(iter(loader), None)
     probe = example_batch(model, size=3) if probe is None else probe.select(slice(0, 7))
     return str(path), check_parity(model, path, probe)
+
+
+def _describe(metrics: dict[str, float]) -> str:
+    text = f"loss {metrics.get('loss', float('nan')):.4f}"
+    if "pose_pos_mm" in metrics:
+        text += f", pose {metrics['pose_pos_mm']:.2f} mm {metrics['pose_rot_deg']:.2f} deg"
+    return text
+
+
+class BestOnValidation:
+    """The best weights on the held-out bags so far (pose error where labelled, else the loss), kept
+    in memory and as ``RUN/best.pt`` + ``best.json``; a resumed run starts from the ones on disk."""
+
+    def __init__(self, run_dir: Path, model: Any, resuming: bool) -> None:
+        from structalign_ros.core.train import CheckpointError, load_checkpoint
+
+        self.run_dir = run_dir
+        self._model = model
+        self.step: int | None = None
+        self.value = float("inf")
+        self.state: dict[str, Any] | None = None
+        record = run_dir / "best.json"
+        if resuming and record.exists() and (run_dir / "best.pt").exists():
+            try:
+                info = json.loads(record.read_text(encoding="utf-8"))
+                self.state = load_checkpoint(run_dir / "best.pt").state
+                self.step, self.value = int(info["step"]), float(info["value"])
+            except (CheckpointError, OSError, ValueError, KeyError) as exc:
+                print(f"structalign train: ignoring the previous best ({exc})", file=sys.stderr)
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> tuple[str, float]:
+        key = "pose_pos_mm" if "pose_pos_mm" in metrics else "loss"
+        return key, metrics.get(key, float("inf"))
+
+    def offer(self, step: int, metrics: dict[str, float], config: Any) -> bool:
+        """Keep the trainer's current weights if they beat the best so far; returns whether."""
+        from structalign_ros.core.train import save_checkpoint
+
+        key, value = self.score(metrics)
+        if not value < self.value:
+            return False
+        self.step, self.value = step, value
+        self.state = {k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()}
+        save_checkpoint(self.run_dir / "best.pt", self._model, config, step)
+        record = {"step": step, "metric": key, "value": value}
+        (self.run_dir / "best.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+        return True
+
+    def restore(self, model: Any) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
+def _fit_head(
+    trainer: Any, model: Any, train_ds: Any, val_loader: Any, limit: int | None, best: Any, config: Any
+) -> dict[str, Any]:
+    """The last stage: refit the pose experts on frozen features, calibrate them on the held-out
+    bags, and keep the result only if it is no worse there (else the weights stay as they were)."""
+    import copy
+
+    import torch
+
+    from structalign_ros.core.dataset import collate_labelled
+    from structalign_ros.core.headfit import calibrate, expert_cues, fit_experts
+
+    tc = config.train
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=tc.batch_size, collate_fn=collate_labelled)
+    try:
+        cues = expert_cues(model, loader)
+    except ValueError:  # no labelled training windows: nothing to fit
+        return {"head_fit": "no ground-truth poses"}
+    before = copy.deepcopy(model.state_dict())
+    fit_experts(model, cues, tc.head_steps, tc.head_lr, tc.noise_augment, tc.seed)
+    out: dict[str, Any] = {"head_fit": "kept", "head_fit_s": 0.0}
+    if best is not None:
+        try:
+            calibrate(model, expert_cues(model, itertools.islice(val_loader, limit), noise=False))
+        except ValueError:
+            out["head_fit"] = "kept, uncalibrated (no labelled held-out windows)"
+        val = trainer.validate(itertools.islice(val_loader, limit))
+        if not BestOnValidation.score(val)[1] <= best.value:
+            model.load_state_dict(before)
+            out["head_fit"] = f"rejected ({_describe(val)} against {best.value:.4g})"
+            val = trainer.validate(itertools.islice(val_loader, limit))
+        out["val"] = val
+    out["head_fit_s"] = round(time.perf_counter() - started, 1)
+    print(f"pose head refit: {out['head_fit']} in {out['head_fit_s']} s", file=sys.stderr)
+    return out

@@ -113,3 +113,45 @@ def collate(windows: Sequence[WindowLike], poses: Sequence[np.ndarray] | None = 
     stamps = torch.tensor([w.stamp_ns for w in windows], dtype=torch.int64)
     pose = None if poses is None else torch.from_numpy(np.stack(poses).astype(np.float32))
     return Batch(inputs, mask, names, stamps, pose)
+
+
+def channel_std(kind: str, x: Tensor) -> Tensor:
+    """Per-channel standard deviation of a modality's batch, broadcastable against ``x``.
+
+    Channels: the colour of an image, each variable of a series (everything after the time axis),
+    one for depth and tactile frames. A modality's "own std" for noise and for the health monitor.
+    """
+    x = x.float()
+    if kind == "image":
+        dims = (0, 1, 2, 3)  # (B, 1, H, W, 3): per colour
+    elif kind in ("depth", "tactile"):
+        dims = tuple(range(x.dim()))
+    else:
+        dims = (0, 1)  # (B, T, ...): per variable
+    if x.shape[0] * x[0].numel() < 2:
+        return torch.zeros((1,) * x.dim())
+    return x.std(dim=dims, keepdim=True)
+
+
+def add_noise(kind: str, x: Tensor, std: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``x`` plus Gaussian noise of ``std`` (e.g. :func:`channel_std`), in ``x``'s dtype and range:
+    uint8 images are rounded and clipped to 0..255, depth and tactile stay non-negative."""
+    noisy = x.float() + std * torch.randn(x.shape, generator=generator)
+    if kind == "image":
+        return noisy.round().clamp(0, 255).to(torch.uint8)
+    if kind in ("depth", "tactile"):
+        noisy = noisy.clamp_min(0.0)
+    return noisy.to(x.dtype)
+
+
+def concat(batches: Sequence[Batch]) -> Batch:
+    """One batch of all rows of ``batches`` (same modalities; poses kept when all have them)."""
+    first = batches[0]
+    pose = None if any(b.pose is None for b in batches) else torch.cat([b.pose for b in batches])
+    return Batch(
+        {k: torch.cat([b.inputs[k] for b in batches]) for k in first.modalities},
+        torch.cat([b.mask for b in batches]),
+        first.modalities,
+        torch.cat([b.stamps_ns for b in batches]),
+        pose,
+    )

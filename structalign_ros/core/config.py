@@ -306,6 +306,7 @@ class ModelConfig:
         image_size: camera, depth and tactile frames are resized to this square side before encoding.
         temporal: trunk for F/T, IMU and joint windows, ``conv`` (temporal convolution) or ``gru``.
         pose_head: whether to regress the end-effector pose (position + 6D rotation) from the fusion.
+        pose_hidden: width of the pose head's two hidden layers.
     """
 
     embed_dim: int = 64
@@ -313,9 +314,10 @@ class ModelConfig:
     image_size: int = 64
     temporal: str = "conv"
     pose_head: bool = True
+    pose_hidden: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "width", "image_size"):
+        for name in ("embed_dim", "width", "image_size", "pose_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.image_size < 8:
@@ -409,12 +411,19 @@ class TrainConfig:
         online_idle_priority: run the online trainer under Linux's SCHED_IDLE (CPU time nothing else
             wants); off, it competes with inference at normal priority (tests on a loaded machine,
             where SCHED_IDLE can starve it for minutes).
+        noise_augment: per window and modality, the chance that it is trained with Gaussian noise at
+            its own per-channel std added, so a noisy sensor does not derail the pose.
+        validate_every: offline steps between validations on the held-out bags (the best model on
+            validation is kept as ``best.pt``); 0: only at epoch ends.
+        head_steps: steps of the last offline stage, the pose experts refitted on frozen features
+            (:mod:`core.headfit`); 0 skips it.
+        head_lr: its learning rate.
     """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 128
-    steps: int = 1000
+    batch_size: int = 64
+    steps: int = 600
     seed: int = 0
     amp: bool = True
     grad_clip: float = 1.0
@@ -424,8 +433,18 @@ class TrainConfig:
     online_duty_cycle: float = 0.5
     checkpoint_dir: str = ""
     online_idle_priority: bool = True
+    noise_augment: float = 0.1
+    validate_every: int = 100
+    head_steps: int = 4000
+    head_lr: float = 2e-3
 
     def __post_init__(self) -> None:
+        if not 0 <= self.noise_augment < 1:
+            raise ConfigError(f"noise_augment={self.noise_augment} must be in [0, 1)")
+        if self.validate_every < 0 or self.head_steps < 0:
+            raise ConfigError("validate_every and head_steps must be >= 0")
+        if not self.head_lr > 0:
+            raise ConfigError(f"head_lr={self.head_lr} must be > 0")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
         if self.weight_decay < 0 or self.grad_clip < 0:

@@ -93,6 +93,12 @@ def collate_labelled(items: Sequence[tuple[Window, np.ndarray | None]]) -> Batch
     return collate(windows, None if any(p is None for p in poses) else poses)
 
 
+def labelled_episode(path: str | Path, config: StructAlignConfig) -> Batch | None:
+    """Every window of one bag that has a ground-truth pose, as one :class:`Batch` (None if none)."""
+    items = [(w, p) for w, p in iter_windows([path], config) if p is not None]
+    return collate_labelled(items) if items else None
+
+
 def check_topics(paths: Sequence[str | Path], config: StructAlignConfig) -> None:
     """Raise :class:`~structalign_ros.core.bags.BagTopicError` unless every bag records every enabled
     modality's topic (from the metadata alone). Training needs them all: a window is only used once

@@ -332,7 +332,8 @@ class Collected:
     stamps_ns: Tensor | None = None
 
 
-def _predict(model: Any, batch: Batch) -> ModelOutput:
+def predict(model: Any, batch: Batch) -> ModelOutput:
+    """``model`` (a :class:`MultimodalModel` or a :class:`runtime.Predictor`) on ``batch``, CPU outputs."""
     if isinstance(model, MultimodalModel):
         was = model.training
         model.eval()
@@ -366,7 +367,7 @@ def collect(
     for item in batches:
         batch, speed, group = item if isinstance(item, tuple) else (item, None, 0)
         modalities = batch.modalities
-        outs.append(_predict(model, batch))
+        outs.append(predict(model, batch))
         masks.append(batch.mask.cpu())
         unknown = torch.full((len(batch), 7), float("nan"))
         poses.append(unknown if batch.pose is None else batch.pose.cpu().float())

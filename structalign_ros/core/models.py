@@ -3,8 +3,9 @@
 Every encoder maps its modality's batch layout (see :mod:`structalign_ros.core.batch`) to a unit
 vector in a shared ``R^d``. The modality weights are ``lambda = softmax(logits)``, renormalised per
 sample over the modalities present (a missing modality gets weight exactly 0 and does not dilute
-the others). The fused embedding is the normalised lambda-weighted sum; the pose head regresses
-``[x, y, z]`` plus the 6D rotation representation from it.
+the others). The fused embedding is the normalised lambda-weighted sum. The pose head regresses
+``[x, y, z]`` plus the 6D rotation representation from the lambda-weighted, masked per-modality
+features before normalisation (:class:`PoseHead`).
 
 Sizes are chosen for the live node: 30 Hz on 2 CPU cores with six modalities, and exportable to ONNX
 (only convolutions, GRU, linear layers and elementwise ops).
@@ -13,7 +14,7 @@ Sizes are chosen for the live node: 30 Hz on 2 CPU cores with six modalities, an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from structalign_ros.core.batch import Batch, to_frames
 from structalign_ros.core.config import ModelConfig
+from structalign_ros.core.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
 
 FRAME_ENCODED = ("image", "depth", "tactile")
 SERIES_ENCODED = ("wrench", "imu", "joints")
@@ -50,12 +52,15 @@ class ModelOutput(NamedTuple):
         weights: ``(B, M)`` lambda renormalised over the present modalities (rows sum to 1, or 0 when
             nothing is present).
         pose: ``(B, 9)`` ``[x, y, z, r6]``; see :func:`rotations.rotation_6d_to_matrix`.
+        pose_experts: ``(B, M, 13)`` each modality's own pose estimate and log-variances
+            (:class:`PoseHead`); zeros without a pose head.
     """
 
     embeddings: Tensor
     fused: Tensor
     weights: Tensor
     pose: Tensor
+    pose_experts: Tensor
 
 
 class Standardize(nn.Module):
@@ -148,7 +153,10 @@ class SeriesEncoder(nn.Module):
             )
         else:
             self.trunk = nn.GRU(variables, 2 * w, batch_first=True)
-        self.proj = nn.Linear(2 * w, cfg.embed_dim)
+        # The pooled trunk summarises the window; the last sample, standardised, goes to the projection
+        # as it is: the pose at the window's stamp is a function of the latest joint angles, which
+        # pooling over the window would blur.
+        self.proj = nn.Linear(2 * w + variables, cfg.embed_dim)
 
     def frames(self, x: Tensor) -> Tensor:
         """``(B, T, ...)`` -> ``(B, V, T)`` float: channels first for the standardisation."""
@@ -163,7 +171,7 @@ class SeriesEncoder(nn.Module):
             # an explicit h0 sized from the input keeps the batch axis dynamic in the ONNX graph
             h0 = seq.new_zeros(1, seq.shape[0], self.trunk.hidden_size)
             feat = self.trunk(seq, h0)[1][0]  # last hidden state (B, 2w)
-        return self.proj(feat)
+        return self.proj(torch.cat([feat, h[:, :, -1]], dim=1))
 
 
 def masked_weights(logits: Tensor, mask: Tensor) -> Tensor:
@@ -177,6 +185,123 @@ def masked_weights(logits: Tensor, mask: Tensor) -> Tensor:
     """
     w = torch.softmax(logits, dim=0).unsqueeze(0) * mask.to(logits.dtype)  # (B, M)
     return w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+# One pose expert's output per modality: [mu (3), log-variance (3), r6 (6), log-variance of rotation (1)].
+EXPERT_OUTPUTS = 13
+
+
+def last_joint_positions(x: Tensor) -> Tensor:
+    """The positions of a joint window's last sample: ``(B, T, 3, J)`` (or ``(B, T, J)``) -> ``(B, J)``."""
+    return x.float()[:, -1, 0, :] if x.dim() == 4 else x.float()[:, -1, :]
+
+
+def kinematic_features(x: Tensor) -> Tensor:
+    """A joint window's last positions as sin, cos and every pairwise product of those.
+
+    ``(B, T, 3, J)`` (or ``(B, T, J)``) -> ``(B, K)``, ``K = 2J + 2J(2J + 1) / 2``. Forward kinematics of
+    revolute joints is a sum of products of these, so the end-effector pose is close to linear in
+    them; they carry none of the window's velocities, efforts or history, which an expert could only
+    overfit to (measured on held-out episodes: see docs/LEARNING.md).
+    """
+    q = last_joint_positions(x)
+    t = torch.cat([q.sin(), q.cos()], dim=1)
+    n = t.shape[1]
+    # index lists built in Python, not torch.triu_indices: they become constants of the ONNX graph
+    i = torch.tensor([a for a in range(n) for _ in range(a, n)], device=t.device)
+    j = torch.tensor([b for a in range(n) for b in range(a, n)], device=t.device)
+    return torch.cat([t, t[:, i] * t[:, j]], dim=1)
+
+
+def kinematic_size(joints: int) -> int:
+    """Length of :func:`kinematic_features` for ``joints`` joints."""
+    return 2 * joints + joints * (2 * joints + 1)
+
+
+# The mean outputs of an expert, [mu (3), r6 (6)], at these positions of EXPERT_OUTPUTS.
+MEAN_OUTPUTS = (0, 1, 2, 6, 7, 8, 9, 10, 11)
+
+
+class PoseExpert(nn.Module):
+    """One modality's pose expert: a linear map to the mean outputs plus a 2-hidden-layer MLP for all
+    of them (the mean's nonlinear part and the log-variances).
+
+    The linear part is solved in closed form before the refit (:func:`core.headfit.fit_experts`): for
+    the joint states' kinematic features it is already most of forward kinematics, which SGD on an
+    MLP alone approaches slowly (measured: 2.0 mm where ridge regression on the same features reached
+    0.4 mm).
+    """
+
+    def __init__(self, cin: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(cin, len(MEAN_OUTPUTS))
+        self.mlp = nn.Sequential(
+            nn.Linear(cin, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, EXPERT_OUTPUTS),
+        )
+        self.register_buffer("scatter", torch.zeros(len(MEAN_OUTPUTS), EXPERT_OUTPUTS))
+        self.scatter[torch.arange(len(MEAN_OUTPUTS)), torch.tensor(MEAN_OUTPUTS)] = 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x) + self.linear(x) @ self.scatter
+
+
+class PoseHead(nn.Module):
+    """End-effector pose as a product of per-modality experts, weighted by lambda.
+
+    Each modality has its own expert, an MLP that predicts the pose from that modality alone and how
+    uncertain it is: a position mean and per-axis log-variance (in units of the training targets'
+    per-axis spread, :attr:`position`), and a 6D rotation with one log-variance. The joint states'
+    expert reads :func:`kinematic_features`; every other expert reads its encoder's feature before
+    unit normalisation. The fused pose is the precision-weighted mean of the present experts, each
+    precision multiplied by the modality's weight ``lambda_m`` (renormalised over the present
+    modalities, times ``M`` so uniform weights leave it as it is) and divided by :attr:`calibration`,
+    the ratio of each expert's squared error on held-out episodes to its predicted variance (median
+    over windows; fitted by :func:`core.headfit.fit_pose_head`). So a missing sensor drops out exactly,
+    a sensor whose lambda falls stops pulling the pose, and an expert that was overconfident on the
+    training episodes is discounted by what it did on held-out ones.
+    """
+
+    def __init__(self, specs: Mapping[str, ModalitySpec], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kinematic = tuple(s.kind == "joints" for s in specs.values())
+        dims = [
+            kinematic_size(s.shape[-1]) if k else cfg.embed_dim
+            for s, k in zip(specs.values(), self.kinematic, strict=True)
+        ]
+        self.inputs = nn.ModuleList([Standardize(d) for d in dims])
+        self.experts = nn.ModuleList([PoseExpert(d, cfg.pose_hidden) for d in dims])
+        self.position = Standardize(3)
+        self.register_buffer("calibration", torch.ones(len(dims), 2))  # (M, [position, rotation])
+
+    def expert_input(self, m: int, x: Tensor, feature: Tensor) -> Tensor:
+        """What expert ``m`` reads, before its standardisation, from its modality's input ``x`` and
+        encoder feature ``(B, d)``: ``(B, D_m)``."""
+        return kinematic_features(x) if self.kinematic[m] else feature
+
+    def expert_inputs(self, inputs: Sequence[Tensor], features: Tensor) -> list[Tensor]:
+        """Every expert's input, ``inputs`` in the model's modality order: ``M`` tensors ``(B, D_m)``."""
+        return [self.expert_input(m, x, features[:, m]) for m, x in enumerate(inputs)]
+
+    def predict_experts(self, cues: list[Tensor]) -> Tensor:
+        """``M`` expert inputs -> ``(B, M, EXPERT_OUTPUTS)``, log-variances clamped to [-16, 8]."""
+        out = torch.stack([e(n(c)) for e, n, c in zip(self.experts, self.inputs, cues, strict=True)], dim=1)
+        return torch.cat(
+            [out[..., :3], out[..., 3:6].clamp(-16, 8), out[..., 6:12], out[..., 12:].clamp(-16, 8)], -1
+        )
+
+    def fuse(self, experts: Tensor, weights: Tensor) -> Tensor:
+        """``experts (B, M, 13)``, ``weights (B, M)`` (zero where missing) -> ``(B, 9)`` ``[x, y, z, r6]``."""
+        trust = (weights * weights.shape[1]).unsqueeze(-1)  # (B, M, 1)
+        prec = torch.exp(-experts[..., 3:6]) / self.calibration[:, :1] * trust  # (B, M, 3)
+        mu = (prec * experts[..., :3]).sum(1) / prec.sum(1).clamp_min(1e-12)
+        prec_r = torch.exp(-experts[..., 12:]) / self.calibration[:, 1:] * trust  # (B, M, 1)
+        r6 = matrix_to_rotation_6d(rotation_6d_to_matrix(experts[..., 6:12]))  # each expert's, orthonormal
+        r6 = (prec_r * r6).sum(1) / prec_r.sum(1).clamp_min(1e-12)
+        return torch.cat([mu * self.position.scale + self.position.loc, r6], dim=1)
 
 
 class MultimodalModel(nn.Module):
@@ -202,11 +327,7 @@ class MultimodalModel(nn.Module):
             }
         )
         self.modality_logits = nn.Parameter(torch.zeros(len(specs)))
-        self.pose_head = (
-            nn.Sequential(nn.Linear(cfg.embed_dim, 2 * cfg.width), nn.SiLU(), nn.Linear(2 * cfg.width, 9))
-            if cfg.pose_head
-            else None
-        )
+        self.pose_head = PoseHead(specs, cfg) if cfg.pose_head else None
 
     @property
     def lambdas(self) -> Tensor:
@@ -222,6 +343,23 @@ class MultimodalModel(nn.Module):
                 continue
             enc = self.encoders[name]
             enc.norm.fit(enc.frames(batch.inputs[name][present]))
+        if self.pose_head is None:
+            return
+        if batch.pose is not None and len(batch) >= 2:
+            self.pose_head.position.fit(batch.pose[:, :3])
+        self.fit_expert_inputs(batch.inputs, self.features(batch.inputs), batch.mask)
+
+    @torch.no_grad()
+    def fit_expert_inputs(self, inputs: Mapping[str, Tensor], features: Tensor, mask: Tensor) -> None:
+        """Fit the pose experts' input standardisation on the present windows of ``features``."""
+        cues = self.pose_head.expert_inputs([inputs[n] for n in self.modalities], features)
+        for m, (norm, cue) in enumerate(zip(self.pose_head.inputs, cues, strict=True)):
+            if mask[:, m].sum() >= 2:
+                norm.fit(cue[mask[:, m]])
+
+    def features(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """``(B, M, d)`` every encoder's feature before unit normalisation."""
+        return torch.stack([self.encoders[n](inputs[n]) for n in self.modalities], dim=1)
 
     def forward(self, inputs: Mapping[str, Tensor], mask: Tensor) -> ModelOutput:
         """Encode a batch.
@@ -230,13 +368,15 @@ class MultimodalModel(nn.Module):
             inputs: modality -> ``(B, samples, ...)`` in the layout of :mod:`core.batch`.
             mask: ``(B, M)`` bool.
         """
-        z = torch.stack([self.encoders[n](inputs[n]) for n in self.modalities], dim=1)  # (B, M, d)
-        z = F.normalize(z, dim=-1)
+        features = self.features(inputs)  # (B, M, d)
+        z = F.normalize(features, dim=-1)
         weights = masked_weights(self.modality_logits, mask)  # (B, M)
-        mixed = (weights.unsqueeze(-1) * z).sum(1)  # (B, d)
-        fused = F.normalize(mixed, dim=-1)
+        fused = F.normalize((weights.unsqueeze(-1) * z).sum(1), dim=-1)
         if self.pose_head is None:
-            pose = mixed.new_zeros(mixed.shape[0], 9)
+            experts = fused.new_zeros(fused.shape[0], len(self.modalities), EXPERT_OUTPUTS)
+            pose = fused.new_zeros(fused.shape[0], 9)
         else:
-            pose = self.pose_head(mixed)
-        return ModelOutput(z, fused, weights, pose)
+            cues = self.pose_head.expert_inputs([inputs[n] for n in self.modalities], features)
+            experts = self.pose_head.predict_experts(cues)
+            pose = self.pose_head.fuse(experts, weights)
+        return ModelOutput(z, fused, weights, pose, experts)

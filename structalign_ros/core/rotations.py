@@ -33,6 +33,11 @@ def matrix_to_rotation_6d(R: Tensor) -> Tensor:
     return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
 
 
+def quaternion_to_rotation_6d(q: Tensor) -> Tensor:
+    """``(..., 4)`` quaternions ``[x, y, z, w]`` -> ``(..., 6)`` their 6D representation."""
+    return matrix_to_rotation_6d(quaternion_to_matrix(q))
+
+
 def quaternion_to_matrix(q: Tensor) -> Tensor:
     """``(..., 4)`` quaternions ``[x, y, z, w]`` (any norm) -> ``(..., 3, 3)`` rotation matrices."""
     x, y, z, w = F.normalize(q, dim=-1).unbind(-1)

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import structalign_ros
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import Batch, add_noise, channel_std
 from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig, from_dict, to_dict
-from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
+from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel, PoseHead
 from structalign_ros.core.objectives import Objective, pose_loss
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def train_step(
     pose_weight: float = 0.0,
     grad_clip: float = 1.0,
     amp: bool = True,
+    noise_augment: float = 0.0,
 ) -> dict[str, float]:
     """One optimisation step on ``batch``.
 
@@ -64,6 +65,7 @@ def train_step(
     Args:
         pose_weight: weight of the supervised pose loss when ``batch.pose`` is present.
         grad_clip: global gradient-norm clip; 0 disables clipping (the norm is still checked).
+        noise_augment: see :func:`augment`.
 
     Returns:
         Scalar metrics: ``loss``, ``grad_norm``, ``skipped`` and the objective's own.
@@ -71,15 +73,17 @@ def train_step(
     model.train()
     objective.train()
     device = next(model.parameters()).device
-    batch = batch.to(device)
+    check_modalities(model, batch)
+    batch = augment(batch, _specs(model), noise_augment).to(device)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         out = model(batch.inputs, batch.mask)
         result = objective(out, batch, model.lambdas)
         loss = result.loss
         metrics = dict(result.metrics)
-        if pose_weight > 0 and batch.pose is not None:
-            sup, sup_metrics = pose_loss(out.pose.float(), batch.pose)
+        head = _plain(model).pose_head
+        if pose_weight > 0 and batch.pose is not None and head is not None:
+            sup, sup_metrics = supervised_pose_loss(head, out, batch)
             loss = loss + pose_weight * sup
             metrics.update(sup_metrics)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -93,6 +97,50 @@ def train_step(
         return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 1.0}
     optimizer.step()
     return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 0.0}
+
+
+def _plain(model: Any) -> MultimodalModel:
+    """The :class:`MultimodalModel` inside a DistributedDataParallel wrapper, or ``model`` itself."""
+    return model.module.model if isinstance(model, DistributedDataParallel) else model
+
+
+def _specs(model: Any) -> dict[str, ModalitySpec]:
+    return _plain(model).specs
+
+
+def supervised_pose_loss(head: PoseHead, out: ModelOutput, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    """:func:`objectives.pose_loss` of ``out`` against ``batch.pose`` on the present modalities."""
+    loc, scale = head.position.loc, head.position.scale
+    return pose_loss(out.pose_experts.float(), out.pose.float(), batch.pose, batch.mask, loc, scale)
+
+
+def check_modalities(model: Any, batch: Batch) -> None:
+    """Raise ``ValueError`` unless ``batch``'s modalities are the model's, in the model's order: the
+    mask columns are read by position."""
+    expected = tuple(_specs(model))
+    if batch.modalities != expected:
+        raise ValueError(f"batch modalities {batch.modalities} do not match the model's {expected}")
+
+
+def augment(batch: Batch, specs: dict[str, ModalitySpec], noise: float) -> Batch:
+    """``batch`` with, per window and present modality with probability ``noise``, Gaussian noise at
+    the modality's own per-channel std (:func:`batch.channel_std`) added, so that each pose expert
+    learns to report a larger variance for a noisy input. Draws from torch's global generator
+    (seeded by :func:`seed_everything`)."""
+    if noise <= 0:
+        return batch
+    mask = batch.mask
+    inputs = dict(batch.inputs)
+    for m, (name, spec) in enumerate(specs.items()):
+        rows = (torch.rand(len(batch)) < noise) & mask[:, m]
+        if rows.sum() < 1 or mask[:, m].sum() < 2:
+            continue
+        x = inputs[name]
+        std = channel_std(spec.kind, x[mask[:, m]])
+        x = x.clone()
+        x[rows] = add_noise(spec.kind, x[rows], std)
+        inputs[name] = x
+    return Batch(inputs, mask, batch.modalities, batch.stamps_ns, batch.pose)
 
 
 def _finite_everywhere(loss: Tensor) -> bool:
@@ -110,6 +158,7 @@ def step_options(config: StructAlignConfig) -> dict[str, Any]:
         "pose_weight": config.objective.pose_weight,
         "grad_clip": config.train.grad_clip,
         "amp": config.train.amp,
+        "noise_augment": config.train.noise_augment,
     }
 
 
@@ -339,8 +388,8 @@ class Trainer:
                 out = model(batch.inputs, batch.mask)
                 result = objective(out, batch, model.lambdas)
                 metrics = {"loss": float(result.loss), **result.metrics}
-                if batch.pose is not None:
-                    metrics.update(pose_loss(out.pose.float(), batch.pose)[1])
+                if batch.pose is not None and model.pose_head is not None:
+                    metrics.update(supervised_pose_loss(model.pose_head, out, batch)[1])
                 for key, value in metrics.items():
                     sums[key] += value * len(batch)
                     counts[key] += len(batch)

@@ -136,3 +136,29 @@ def test_training_refuses_a_bag_missing_a_sensor_topic(small_world, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert tactile in proc.stderr and small_world.config.modalities["rgb"].topic in proc.stderr
+
+
+def test_eval_shows_the_baselines_on_a_bag_of_sensor_topics_and_an_ee_pose_only(
+    small_world, no_object_bag, tmp_path
+):
+    out = tmp_path / "eval"
+    proc = cli(
+        "eval", "--bags", str(no_object_bag), "--train-bags", str(small_world.bag),
+        "--model", str(small_world.checkpoint), "--out", str(out), "--no-plots", "--threads", "1",
+        "--max-windows", "32", "--geometry-windows", "16",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    quality = json.loads((out / "eval.json").read_text())["quality"]
+    modalities = small_world.config.enabled_modalities
+    assert list(quality) == ["all"] + [f"{op}{n}" for n in modalities for op in ("-", "~")]
+    assert set(quality["all"]["baselines"]) == {
+        "mean",
+        "ridge_joints",
+        "mlp_joints",
+        "mlp_raw",
+        "mlp_raw_nojoints",
+    }
+    assert "ridge_joints" not in quality["-joints"]["baselines"]
+    # fitted on the same episode's windows, the joint ridge regression beats the training mean
+    assert quality["all"]["baselines"]["ridge_joints"]["mm"] < quality["all"]["baselines"]["mean"]["mm"]
+    assert "EE pose error, mm / deg (same windows)" in proc.stdout and "-joints" in proc.stdout

@@ -22,6 +22,7 @@ def _trainer(world, steps):
     seed_everything(0)
     config = StructAlignConfig()
     config.model = TINY
+    config.train.head_steps = 20
     config.train = TrainConfig(batch_size=16, steps=steps, lr=1e-2)
     first, _ = world.batch(16, seed=0)
     model = MultimodalModel(ModalitySpec.from_batch(first, world.kinds), TINY)
@@ -66,6 +67,7 @@ def episodes(tmp_path_factory):
         paths.append(str(out))
     config = StructAlignConfig()
     config.model = TINY
+    config.train.head_steps = 20
     save_yaml(config, root / "tiny.yaml")
     return paths, str(root / "tiny.yaml")
 
@@ -92,7 +94,10 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.step == 3 and ckpt.config.objective.pose_weight == 1.0
     assert ckpt.config.train.checkpoint_dir == ""  # RUN is not baked into the shipped config
-    assert (run / "last.onnx").stat().st_size > 0
+    assert (run / "model.onnx").stat().st_size > 0 and load_checkpoint(run / "model.pt").step == 3
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "pose_pos_mm" and 1 <= best["step"] <= 3
+    assert summary["head_fit"].startswith(("kept", "rejected")) and summary["best_step"] == best["step"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     assert main([*args, "--steps", "5", "--resume"]) == 0
@@ -105,7 +110,7 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     assert any(r["split"] == "val" and r["metric"] == "loss" for r in rows)
 
     out = tmp_path / "eval"
-    assert main(["eval", "--bags", *paths, "--model", str(run / "last.pt"), "--out", str(out)]) == 0
+    assert main(["eval", "--bags", *paths, "--model", str(run / "model.pt"), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "EE pose: position" in text and "rgb->depth" in text
     report = json.loads((out / "eval.json").read_text())

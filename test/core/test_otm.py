@@ -44,7 +44,7 @@ def shuffled(z, perm, modality=1):
 
 def output(z):
     n, m, _ = z.shape
-    return ModelOutput(z, z.mean(1), torch.ones(n, m) / m, torch.zeros(n, 9))
+    return ModelOutput(z, z.mean(1), torch.ones(n, m) / m, torch.zeros(n, 9), torch.zeros(n, m, 13))
 
 
 def test_unaligned_plans_recover_a_permutation_that_pot_confirms():

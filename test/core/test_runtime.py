@@ -41,7 +41,7 @@ def test_parity_check_fails_on_a_different_model(world, tmp_path):
     model = fitted_model(world)
     export_onnx(model, world.batch(2, seed=1)[0], tmp_path / "m.onnx")
     with torch.no_grad():
-        model.pose_head[-1].bias.add_(1.0)
+        model.pose_head.experts[0].mlp[-1].bias.add_(1.0)
     with pytest.raises(AssertionError, match="ONNX parity"):
         check_parity(model, tmp_path / "m.onnx", world.batch(4, seed=2)[0])
 

@@ -62,12 +62,12 @@ def test_a_model_trained_from_bags_runs_live_on_onnx_runtime(small_world, tmp_pa
         timeout=600,
     )
     assert out.returncode == 0, out.stderr
-    checkpoint = load_checkpoint(run / "last.pt")
-    assert checkpoint.step == 4 and (run / "last.onnx").exists()
+    checkpoint = load_checkpoint(run / "model.pt")
+    assert checkpoint.step == 4 and (run / "model.onnx").exists()
 
     data = to_dict(small_world.config)
     torch_cfg = from_dict(data)
-    data["runtime"].update({"backend": "onnx", "onnx_path": str(run / "last.onnx")})
+    data["runtime"].update({"backend": "onnx", "onnx_path": str(run / "model.onnx")})
     onnx_cfg = from_dict(data)
     live_torch = replay(PerceptionPipeline(torch_cfg, checkpoint, warn=lambda m: None), torch_cfg, second)
     live_onnx = replay(PerceptionPipeline(onnx_cfg, checkpoint, warn=lambda m: None), onnx_cfg, second)
