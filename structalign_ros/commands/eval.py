@@ -68,15 +68,28 @@ def labelled_batches(
             yield batch, speed, episode
 
 
-def pose_quality(runner: Any, config: Any, args: Any) -> Any:
-    """The model beside the baselines under every sensor condition (:mod:`core.quality`), or None
-    when the bags have no ground-truth pose."""
+def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
+    """The windows of ``batches`` (see :func:`labelled_batches`) that have a ground-truth pose, one
+    :class:`Batch` per episode."""
+    from structalign_ros.core.batch import concat
+
+    per: dict[int, list[Any]] = {}
+    for batch, _, episode in batches:
+        rows = None if batch.pose is None else batch.pose.isfinite().all(1)
+        if rows is not None and rows.any():
+            per.setdefault(episode, []).append(batch.select(rows.nonzero().squeeze(1)))
+    return [concat(parts) for _, parts in sorted(per.items())]
+
+
+def pose_quality(runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any) -> Any:
+    """The model beside the baselines under every sensor condition (:mod:`core.quality`) on the
+    labelled windows of ``batches``, or None when there are none."""
     from structalign_ros.core.baselines import fit_baselines
     from structalign_ros.core.batch import concat
     from structalign_ros.core.dataset import labelled_episode
     from structalign_ros.core.quality import leave_one_episode_out, model_pose, quality_report
 
-    episodes = [e for e in (labelled_episode(p, config) for p in args.bags) if e is not None]
+    episodes = _labelled_episodes(batches)
     if not episodes:
         return None
     kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
@@ -228,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
         runner: Any = model
         if args.backend == "onnx":
             runner = Predictor.from_onnx(onnx_bytes(model), providers="CPUExecutionProvider", threads=1)
-        batches = labelled_batches(args.bags, config, args.batch_size)
+        # read once: the evaluation and the baselines' conditions see the same windows
+        batches = list(labelled_batches(args.bags, config, args.batch_size))
         report = evaluate(
             runner,
             batches,
@@ -237,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
             geometry_windows=args.geometry_windows,
         )
         if not args.no_baselines:
-            report["quality"] = pose_quality(runner, config, args)
+            report["quality"] = pose_quality(runner, batches, config, args)
     except (CheckpointError, ConfigError, BagError, OSError, ValueError) as exc:
         print(f"structalign eval: {exc}", file=sys.stderr)
         return 1

@@ -369,13 +369,13 @@ class BestOnValidation:
         self._model = model
         self.step: int | None = None
         self.value = float("inf")
-        self.state: dict[str, Any] | None = None
+        self.metrics: dict[str, float] = {}
         record = run_dir / "best.json"
         if resuming and record.exists() and (run_dir / "best.pt").exists():
             try:
                 info = json.loads(record.read_text(encoding="utf-8"))
-                self.state = load_checkpoint(run_dir / "best.pt").state
-                self.step, self.value = int(info["step"]), float(info["value"])
+                load_checkpoint(run_dir / "best.pt")  # readable, or it is not the best to go back to
+                self.step, self.value, self.metrics = int(info["step"]), float(info["value"]), info["metrics"]
             except (CheckpointError, OSError, ValueError, KeyError) as exc:
                 print(f"structalign train: ignoring the previous best ({exc})", file=sys.stderr)
 
@@ -391,16 +391,18 @@ class BestOnValidation:
         key, value = self.score(metrics)
         if not value < self.value:
             return False
-        self.step, self.value = step, value
-        self.state = {k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()}
+        self.step, self.value, self.metrics = step, value, dict(metrics)
         save_checkpoint(self.run_dir / "best.pt", self._model, config, step)
-        record = {"step": step, "metric": key, "value": value}
+        record = {"step": step, "metric": key, "value": value, "metrics": self.metrics}
         (self.run_dir / "best.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
         return True
 
     def restore(self, model: Any) -> None:
-        if self.state is not None:
-            model.load_state_dict(self.state)
+        """Load the best weights into ``model`` (nothing when no validation has run)."""
+        from structalign_ros.core.train import load_checkpoint
+
+        if self.step is not None:
+            model.load_state_dict(load_checkpoint(self.run_dir / "best.pt").state)
 
 
 def _fit_head(
@@ -424,7 +426,7 @@ def _fit_head(
         return {"head_fit": "no ground-truth poses"}
     before = copy.deepcopy(model.state_dict())
     fit_experts(model, cues, tc.head_steps, tc.head_lr, tc.noise_augment, tc.seed)
-    out: dict[str, Any] = {"head_fit": "kept", "head_fit_s": 0.0}
+    out: dict[str, Any] = {"head_fit": "kept"}
     if best is not None:
         try:
             calibrate(model, expert_cues(model, itertools.islice(val_loader, limit), noise=False))
@@ -434,7 +436,7 @@ def _fit_head(
         if not BestOnValidation.score(val)[1] <= best.value:
             model.load_state_dict(before)
             out["head_fit"] = f"rejected ({_describe(val)} against {best.value:.4g})"
-            val = trainer.validate(itertools.islice(val_loader, limit))
+            val = best.metrics
         out["val"] = val
     out["head_fit_s"] = round(time.perf_counter() - started, 1)
     print(f"pose head refit: {out['head_fit']} in {out['head_fit_s']} s", file=sys.stderr)

@@ -80,13 +80,19 @@ class _Affine:
         return z * self.scale + self.loc
 
 
+def ridge_solve(x: Tensor, y: Tensor, ridge: float) -> Tensor:
+    """Least squares of ``y (N, K)`` on ``[x, 1]`` (float64) with a penalty ``ridge * N`` on every
+    coefficient: ``(D + 1, K)``, the intercept last."""
+    X = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    eye = torch.eye(X.shape[1], dtype=X.dtype) * ridge * len(X)
+    return torch.linalg.solve(X.T @ X + eye, X.T @ y.double())
+
+
 def fit_ridge(x: Tensor, y: Tensor, ridge: float = 1e-6) -> Callable[[Tensor], Tensor]:
     """Ridge regression on standardised ``x`` (float64), returns the predictor."""
     x, y = x.double(), y.double()
     fx, fy = _Affine.fit(x), _Affine.fit(y)
-    X = torch.cat([fx(x), torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    eye = torch.eye(X.shape[1], dtype=x.dtype) * ridge * len(x)
-    W = torch.linalg.solve(X.T @ X + eye, X.T @ fy(y))
+    W = ridge_solve(fx(x), fy(y), ridge)
 
     def predict(xn: Tensor) -> Tensor:
         Xn = torch.cat([fx(xn.double()), torch.ones(len(xn), 1, dtype=torch.float64)], dim=1)

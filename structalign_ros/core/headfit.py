@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from structalign_ros.core.baselines import ridge_solve
 from structalign_ros.core.batch import Batch, add_noise, channel_std
 from structalign_ros.core.models import MEAN_OUTPUTS, MultimodalModel, masked_weights
 from structalign_ros.core.objectives import pose_loss
@@ -98,15 +99,12 @@ def fit_linear_parts(model: MultimodalModel, cues: Cues, ridge: float = 1e-4) ->
             quaternion_to_rotation_6d(cues.pose[:, 3:]),
         ],
         1,
-    ).double()
+    )
     for m, expert in enumerate(head.experts):
         rows = cues.mask[:, m]
         if rows.sum() < 2:
             continue
-        x = head.inputs[m](cues.clean[m][rows].to(device)).cpu().double()
-        X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-        eye = torch.eye(X.shape[1], dtype=X.dtype) * ridge * len(X)
-        W = torch.linalg.solve(X.T @ X + eye, X.T @ y[rows])  # (D + 1, 9)
+        W = ridge_solve(head.inputs[m](cues.clean[m][rows].to(device)).cpu(), y[rows], ridge)  # (D + 1, 9)
         expert.linear.weight.copy_(W[:-1].T.float().to(device))
         expert.linear.bias.copy_(W[-1].float().to(device))
         last = expert.mlp[-1]
@@ -127,8 +125,8 @@ def fit_experts(
 
     Each expert's input standardisation is refitted on the clean cues first (the frozen encoders'
     features have moved since it was fitted) and its linear part solved (:func:`fit_linear_parts`).
-    Per window and modality, the noised cue replaces the
-    clean one with probability ``noise``. AdamW with a cosine decay to zero.
+    Per window and modality, the noised cue replaces the clean one with probability ``noise`` (not
+    for the kinematic experts). AdamW with a cosine decay to zero.
     """
     head = model.pose_head
     gen = torch.Generator().manual_seed(seed)
