@@ -315,8 +315,14 @@ def test_outputs_over_dds_are_stamped_framed_and_complete(
         assert markers[1].text.startswith(names[0])
     values = diag_values(got["/diagnostics"])
     assert int(values["outputs"]) >= len(poses) and "latency_ms.end_to_end.p50" in values
-    tuning = diag_status(got["/diagnostics"], ": fine-tuning")
-    assert tuning is not None and tuning.message == "running"
+    # fine-tuning ran while the node was active; a status published during the shutdown may say "off"
+    tuning = [
+        status.message
+        for item in got["/diagnostics"]
+        for status in item.msg.status
+        if status.name.endswith(": fine-tuning")
+    ]
+    assert "running" in tuning and tuning[-1] in {"running", "off"}, tuning
 
 
 def test_lifecycle_and_parameters_from_another_process(
