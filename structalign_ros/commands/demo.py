@@ -33,6 +33,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="ROS parameter file (default: built-in config)")
     parser.add_argument("--out", default=None, help="run folder for the plots (default runs/demo-<time>)")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
+    parser.add_argument(
+        "--fault",
+        default="rgb:blackout",
+        help="sensor fault the simulator injects, MODALITY:KIND (see structalign sim --help), from "
+        "--fault-start to --fault-stop s, so the weights' response shows (default rgb:blackout; 'none': off)",
+    )
+    parser.add_argument(
+        "--fault-start", type=float, default=25.0, help="fault start, s after the first reading"
+    )
+    parser.add_argument("--fault-stop", type=float, default=40.0, help="fault end, s (0: never)")
 
 
 class Monitor:
@@ -110,7 +120,35 @@ def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
     return float(torch.rad2deg(geodesic_angle(R1, R2)))
 
 
-def _plots(folder: Path, monitor: Monitor, errors: np.ndarray, latency_ms: np.ndarray) -> list[str]:
+def fault_parameters(spec: str, start: float, stop: float, config: Any) -> list[str]:
+    """``MODALITY:KIND`` as the simulator node's ``-p sim.fault.*`` arguments ([] for ``none``).
+
+    Raises:
+        ValueError: an unknown modality or fault kind.
+    """
+    from structalign_ros.core.config import FaultConfig
+
+    if spec == "none":
+        return []
+    name, _, kind = spec.partition(":")
+    modality = config.modalities[name].kind if name in config.modalities else name
+    fault = FaultConfig(modality=modality, kind=kind, start_s=start, stop_s=stop)  # validates
+    values = {
+        "modality": fault.modality,
+        "kind": fault.kind,
+        "start_s": fault.start_s,
+        "stop_s": fault.stop_s,
+    }
+    return [arg for key, value in values.items() for arg in ("-p", f"sim.fault.{key}:={value}")]
+
+
+def _plots(
+    folder: Path,
+    monitor: Monitor,
+    errors: np.ndarray,
+    latency_ms: np.ndarray,
+    fault: tuple[str, float, float],
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +164,10 @@ def _plots(folder: Path, monitor: Monitor, errors: np.ndarray, latency_ms: np.nd
         fig, ax = plt.subplots(figsize=(8, 4))
         for m, name in enumerate(names):
             ax.plot(t, lam[:, m], label=name, lw=1)
-        ax.set(xlabel="time (s)", ylabel="λ (per window)", title="Modality weights")
+        label, start, stop = fault
+        if label != "none":
+            ax.axvspan(start, stop if stop > 0 else t[-1], color="grey", alpha=0.2, label=f"fault {label}")
+        ax.set(xlabel="time (s)", ylabel="λ × trust (per window)", title="Modality weights")
         ax.legend(ncol=3, fontsize=8)
         figures.append(("weights.png", fig))
     if len(errors):
@@ -157,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
 
     say = (lambda *a: None) if args.json else print
     config = load_yaml(args.config) if args.config else StructAlignConfig()
+    try:
+        fault_args = fault_parameters(args.fault, args.fault_start, args.fault_stop, config)
+    except (ValueError, KeyError) as exc:
+        print(f"structalign demo: --fault {args.fault}: {exc}", file=sys.stderr)
+        return 1
     folder = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     rclpy.init()
     try:
@@ -168,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with running([s for s in specs if s.lifecycle], args.config, extra=[probe]) as nodes:
                 node = nodes[NAME]
-                sim = _start_simulator(simulator.executable, args.config, folder / "sim.log")
+                sim = _start_simulator(simulator.executable, args.config, folder / "sim.log", fault_args)
                 say(
                     f"running the simulated robot and the suite for {args.seconds:.0f} s "
                     f"(model {node.model_source}, backend {node.pipeline.predictor.backend})"
@@ -192,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"structalign demo: {exc}", file=sys.stderr)
             return 1
         errors = monitor.errors()
-        written = _plots(folder, monitor, errors, latency)
+        written = _plots(folder, monitor, errors, latency, (args.fault, args.fault_start, args.fault_stop))
         probe.destroy_node()
     finally:
         rclpy.try_shutdown()
@@ -206,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         "ee_rot_err_deg": _round(float(errors[:, 2].mean()) if len(errors) else None),
         "finetune_steps": steps,
         "sim_realtime_factor": monitor.realtime_factor(),
+        "fault": args.fault,
     }
     say("")
     say(f"{'windows':<28}{summary['windows']}")
@@ -221,16 +268,21 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'EE position error (mm)':<28}{summary['ee_pos_err_mm']}  ({len(errors)} windows scored)")
     say(f"{'EE orientation error (deg)':<28}{summary['ee_rot_err_deg']}")
     say(f"{'fine-tune steps':<28}{summary['finetune_steps']}")
+    if args.fault != "none":
+        say(f"{'fault (simulator)':<28}{args.fault} from {args.fault_start:g} s to {args.fault_stop:g} s")
     say(f"plots: {', '.join(str(folder / w) for w in written)}")
     print(json.dumps(summary))
     return 0
 
 
-def _start_simulator(executable: str, config_file: str | None, log: Path) -> subprocess.Popen:
-    """The simulated robot as a child process with the same parameter file."""
+def _start_simulator(
+    executable: str, config_file: str | None, log: Path, extra: list[str]
+) -> subprocess.Popen:
+    """The simulated robot as a child process with the same parameter file (and ``extra`` ROS args)."""
     command = [sys.executable, "-m", f"structalign_ros.ros.{executable}", "--ros-args"]
     if config_file:
         command += ["--params-file", str(config_file)]
+    command += extra
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -513,6 +513,13 @@ class NodeConfig:
         stall_warn_s: diagnostics warn when the online trainer, with enough windows to train on, has
             finished no step for this long (it only gets CPU time nothing else wants, so a saturated
             machine starves it).
+        sensor_health: scale each modality's weight (published, fused, and in the pose) by its live
+            health (:mod:`structalign_ros.core.health`): a sensor that degrades loses its weight.
+        health_windows: recent windows the health signals are computed over.
+        health_warmup: windows at the start taken as clean (the health references); the weights
+            are the learned ones until then.
+        health_margin: spreads of its clean variation a modality's health signal may rise before
+            its weight starts to fall.
     """
 
     model: str = ""
@@ -524,10 +531,19 @@ class NodeConfig:
     diagnostics_period_s: float = 1.0
     marker_lifetime_s: float = 0.5
     stall_warn_s: float = 30.0
+    sensor_health: bool = True
+    health_windows: int = 64
+    health_warmup: int = 256
+    health_margin: float = 4.0
 
     def __post_init__(self) -> None:
         if not self.base_frame or not self.marker_frame:
             raise ConfigError("base_frame and marker_frame must not be empty")
+        if self.health_windows < 16 or self.health_warmup < 8 or not self.health_margin >= 0:
+            raise ConfigError(
+                f"health_windows={self.health_windows} must be >= 16, health_warmup={self.health_warmup} "
+                f">= 8, health_margin={self.health_margin} >= 0"
+            )
         for name in ("checkpoint_period_s", "diagnostics_period_s", "marker_lifetime_s", "stall_warn_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")

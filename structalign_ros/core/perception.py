@@ -29,11 +29,13 @@ import cv2
 import numpy as np
 import torch
 
+from structalign_ros.core.bags import iter_messages
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
 from structalign_ros.core.dataset import nearest_pose
-from structalign_ros.core.models import ModalitySpec
+from structalign_ros.core.health import ModalityHealth
+from structalign_ros.core.models import ModalitySpec, ModelOutput
 from structalign_ros.core.online import OnlineTrainer, WeightUpdate
 from structalign_ros.core.rotations import (
     geodesic_angle,
@@ -42,6 +44,7 @@ from structalign_ros.core.rotations import (
     rotation_6d_to_matrix,
 )
 from structalign_ros.core.runtime import Predictor
+from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.telemetry import Events, Latencies
 from structalign_ros.core.train import Checkpoint, save_checkpoint
 from structalign_ros.core.windows import Window, WindowAssembler
@@ -81,7 +84,8 @@ class WindowOutput:
         modalities: the model's modality order (rows of ``embeddings``, entries of ``weights``).
         embeddings: ``(M, d)`` float32 unit vectors; zero rows for modalities missing in this window.
         fused: ``(d,)`` float32, the lambda-weighted fusion.
-        weights: ``(M,)`` lambda renormalised over the present modalities.
+        weights: ``(M,)`` lambda times each modality's live health (:mod:`.health`, when
+            ``node.sensor_health``), renormalised over the present modalities.
         mask: ``(M,)`` bool, which modalities were present.
         position: ``(3,)`` end-effector position (m) in the base frame.
         quaternion: ``(4,)`` end-effector orientation ``[x, y, z, w]``.
@@ -150,6 +154,8 @@ class PerceptionPipeline:
         self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
         self._last_push = time.monotonic_ns()
         self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
+        self.health = self._new_health(config)
+        self._resets_seen = 0
 
     # -- input --------------------------------------------------------------------------------
     def _count(self, reason: str) -> None:
@@ -214,6 +220,39 @@ class PerceptionPipeline:
             return windows
 
     # -- windows -> outputs -------------------------------------------------------------------
+    def _new_health(self, config: StructAlignConfig) -> ModalityHealth | None:
+        if not config.node.sensor_health:
+            return None
+        head = self.model.pose_head
+        return ModalityHealth(
+            self.modalities,
+            None if head is None else head.calibration.numpy(),
+            size=config.node.health_windows,
+            margin=config.node.health_margin,
+            warmup=config.node.health_warmup,
+        )
+
+    def _apply_health(self, out: ModelOutput, mask: torch.Tensor) -> ModelOutput:
+        """``out`` with its weights times each modality's live trust: the fused embedding and the
+        pose recomputed from them (the learned weights of ``out`` are the health's consensus weights)."""
+        health = self.health
+        if health is None:
+            return out
+        with self.lock:
+            resets = self.assembler.stats.resets
+        if resets != self._resets_seen:  # the data jumped (a bag restarted): the recent windows are stale
+            self._resets_seen = resets
+            health.reset()
+        trust = health.update(
+            out.embeddings[0].numpy(), mask[0].numpy(), out.weights[0].numpy(), out.pose_experts[0].numpy()
+        )
+        weights = out.weights * torch.from_numpy(trust).to(out.weights.dtype)
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-30)
+        fused = torch.nn.functional.normalize((weights.unsqueeze(-1) * out.embeddings).sum(1), dim=-1)
+        head = self.model.pose_head
+        pose = out.pose if head is None else head.fuse(out.pose_experts.float(), weights.float())
+        return ModelOutput(out.embeddings, fused, weights, pose.to(out.pose.dtype), out.pose_experts)
+
     def _batch(self, window: Window, pose: np.ndarray | None) -> Batch:
         inputs, present = {}, []
         for name, spec in self.specs.items():
@@ -257,6 +296,8 @@ class PerceptionPipeline:
         if not all(bool(torch.isfinite(t).all()) for t in out):
             self._count("non-finite model output; window skipped (inputs out of range?)")
             return None
+        with torch.no_grad():
+            out = self._apply_health(out, batch.mask)
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
         labelled = pose is not None or not self.config.node.ground_truth_topic
@@ -333,6 +374,8 @@ class PerceptionPipeline:
 
     def apply_config(self, config: StructAlignConfig) -> None:
         """Take over the run-time-safe settings of ``config`` (see the node's live parameters)."""
+        if config.node.sensor_health != self.config.node.sensor_health:
+            self.health = self._new_health(config)  # switched on: a new warm-up from the next window
         self.config = config
         if self.trainer is not None:
             self.trainer.update_config(config)
@@ -348,6 +391,19 @@ class PerceptionPipeline:
         return True
 
     # -- diagnostics --------------------------------------------------------------------------
+    def health_report(self) -> dict[str, dict[str, float]]:
+        """Per modality: ``trust`` (what its weight is multiplied by), the structural ``discrepancy``
+        and the pose ``agreement`` behind it (NaN until estimated); empty with ``node.sensor_health``
+        off."""
+        health = self.health
+        if health is None:
+            return {}
+        signals = {"trust": health.trust, "discrepancy": health.discrepancies, "agreement": health.agreement}
+        return {
+            name: {key: float(values[m]) for key, values in signals.items()}
+            for m, name in enumerate(self.modalities)
+        }
+
     def _stall_warning(self) -> str:
         """Why a running trainer makes no progress ("" when it does, or is not meant to)."""
         tuner = self.trainer
@@ -394,9 +450,35 @@ class PerceptionPipeline:
                 "warning": self._stall_warning(),
             },
             "model_version": self.model_version,
+            "health": self.health_report(),
             "providers": list(self.predictor.providers),
             "pose_error": {
                 "pos_mm_mean": float(errors[:, 0].mean()) if len(errors) else None,
                 "rot_deg_mean": float(errors[:, 1].mean()) if len(errors) else None,
             },
         }
+
+
+def replay(
+    pipeline: PerceptionPipeline,
+    bags: list[str | Path],
+    pose_topic: str = "",
+    injector: FaultInjector | None = None,
+) -> list[WindowOutput]:
+    """Feed ``bags`` message by message in bag order, as the live node would receive them, and return
+    every output. ``pose_topic``: ground-truth poses fed with :meth:`~PerceptionPipeline.on_ground_truth`
+    (their errors then in ``pose_error``); ``injector``: a sensor fault applied to the messages of its
+    modality kind (:func:`~.sim.faults.fault_message`), as ``structalign play --fault`` would send them.
+    """
+    topics = {m.topic: n for n, m in pipeline.config.modalities.items() if m.enabled}
+    outputs: list[WindowOutput] = []
+    for topic, _, msg in iter_messages(bags, [*topics, *([pose_topic] if pose_topic else [])]):
+        if topic == pose_topic:
+            pipeline.on_ground_truth(msg)
+            continue
+        name = topics[topic]
+        kind = pipeline.config.modalities[name].kind
+        if injector is not None and kind == injector.fault.modality:
+            msg = fault_message(kind, msg, injector)
+        outputs += pipeline.on_message(name, msg)
+    return outputs

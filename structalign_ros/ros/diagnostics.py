@@ -1,13 +1,15 @@
 """The pipeline's report as ``diagnostic_msgs/DiagnosticArray`` (``/diagnostics``, about 1 Hz).
 
-Three statuses per node, named ``<node>: windows``, ``<node>: fine-tuning`` and ``<node>: runtime``,
-so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the node is active but no
-window came out during the last period, WARN when windows were masked or messages dropped during it,
-else OK. Bad inputs are counted by modality and a fixed vocabulary of reason codes
+Four statuses per node, named ``<node>: windows``, ``<node>: fine-tuning``, ``<node>: sensor health``
+and ``<node>: runtime``, so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the
+node is active but no window came out during the last period, WARN when windows were masked or messages
+dropped during it, else OK. Bad inputs are counted by modality and a fixed vocabulary of reason codes
 (``bad.<modality>.<code>``, :data:`~structalign_ros.core.telemetry.CODES`), with the newest reason text
-in ``bad.latest``, so the status has the same keys however many distinct faults arrive. The
-fine-tuning status is WARN when the online trainer failed, or has had windows to train on but
-finished no step for ``node.stall_warn_s``. Each message says why.
+in ``bad.latest``, so the status has the same keys however many distinct faults arrive. The fine-tuning
+status is WARN when the online trainer failed, or has had windows to train on but finished no step for
+``node.stall_warn_s``. The sensor-health status is WARN, naming them, while modalities have a trust
+under :data:`DISTRUSTED` (:mod:`~structalign_ros.core.health`), with each modality's trust and the two
+signals behind it. Each message says why.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from structalign_ros.core.telemetry import reason_code
 from structalign_ros.ros.messages import time_msg
 
 LATEST_CHARS = 200  # the newest bad-input reason is cut to this
+DISTRUSTED = 0.5  # a modality whose trust is under this is named in the sensor-health status
 
 
 def resident_mb() -> float:
@@ -116,12 +119,20 @@ def diagnostic_array(
         message=problem or ("running" if ft["running"] else "off"),
         values=_kv({**ft, "model_version": report["model_version"]}),
     )
+    health = report["health"]
+    distrusted = [name for name, h in health.items() if h["trust"] < DISTRUSTED]
+    sensors = DiagnosticStatus(
+        level=DiagnosticStatus.WARN if distrusted else DiagnosticStatus.OK,
+        name=f"{node}: sensor health",
+        message=(f"distrusted: {', '.join(distrusted)}" if distrusted else "ok") if health else "off",
+        values=_kv({f"{key}.{name}": v for name, h in health.items() for key, v in h.items()}),
+    )
     runtime = DiagnosticStatus(
         level=DiagnosticStatus.OK,
         name=f"{node}: runtime",
         message=", ".join(report["providers"]),
         values=_kv({"memory_mb": resident_mb(), **extra}),
     )
-    out = DiagnosticArray(status=[windows, tuning, runtime])
+    out = DiagnosticArray(status=[windows, tuning, sensors, runtime])
     out.header.stamp = time_msg(stamp_ns)
     return out

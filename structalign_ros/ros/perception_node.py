@@ -88,6 +88,7 @@ LIVE = (
     "node.finetune",
     "node.marker_lifetime_s",
     "node.stall_warn_s",
+    "node.sensor_health",
     "train.lr",
     "train.weight_decay",
     "train.grad_clip",

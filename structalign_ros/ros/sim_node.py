@@ -124,9 +124,12 @@ class SimNode(Node):
         self._live = LiveParameters(self, LIVE_PARAMETERS, self._apply_live, lambda: self.config)
         self._live.running = True
         topics = ", ".join(f"{k}={t}" for k, t in self.topics.items())
+        f = self.config.sim.fault
+        fault = f"; fault {f.kind} on {f.modality} from {f.start_s:g} s to {f.stop_s:g} s" if f.active else ""
         self.get_logger().info(
             f"simulating seed {self.config.sim.seed}, {self.config.sim.episode_s:g} s episodes; {topics}"
             + ("; /clock" if self._clock_pub is not None else "")
+            + fault
         )
 
     def _apply_live(self, config: StructAlignConfig) -> None:

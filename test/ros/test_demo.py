@@ -33,6 +33,10 @@ def test_demo_runs_the_whole_suite_on_the_simulated_robot(small_world, ros_env, 
             "--out",
             str(tmp_path / "run"),
             "--json",
+            "--fault",
+            "wrench:stuck",
+            "--fault-start",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -54,3 +58,6 @@ def test_demo_runs_the_whole_suite_on_the_simulated_robot(small_world, ros_env, 
     assert {"weights.png", "ee_error.png", "latency.png", "sim.log"} == {
         p.name for p in (tmp_path / "run").iterdir()
     }
+    # the scheduled fault reached the simulator (the weights' response is bench_health's business)
+    assert summary["fault"] == "wrench:stuck"
+    assert "fault stuck on wrench from 3 s to 40 s" in (tmp_path / "run" / "sim.log").read_text()
