@@ -155,6 +155,17 @@ class ModalityHealth:
         self._d.clear()
         self._chi.clear()
 
+    def rebase(self) -> None:
+        """New weights are in use (fine-tuning): the embeddings and experts the clean references were
+        measured on have changed. Every trusted modality starts a new warm-up (its trust stays 1
+        meanwhile); a distrusted one keeps its old references and its trust, so a sensor that is
+        failing when the weights change is not taken as clean."""
+        for m in range(len(self.modalities)):
+            if self.trust[m] > 0.9:
+                for refs in (self._structure, self._agreement):
+                    old = refs[m]
+                    refs[m] = _CleanReference(old.warmup, old.values.maxlen, old.floor)
+
     def update(
         self, embeddings: np.ndarray, mask: np.ndarray, weights: np.ndarray, experts: np.ndarray | None = None
     ) -> np.ndarray:

@@ -156,6 +156,7 @@ class PerceptionPipeline:
         self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
         self.health = self._new_health(config)
         self._resets_seen = 0
+        self._health_version = 0  # the model version the health references were measured on
 
     # -- input --------------------------------------------------------------------------------
     def _count(self, reason: str) -> None:
@@ -243,6 +244,9 @@ class PerceptionPipeline:
         if resets != self._resets_seen:  # the data jumped (a bag restarted): the recent windows are stale
             self._resets_seen = resets
             health.reset()
+        if self._health_version != self.model_version:  # new weights: new clean references
+            self._health_version = self.model_version
+            health.rebase()
         trust = health.update(
             out.embeddings[0].numpy(), mask[0].numpy(), out.weights[0].numpy(), out.pose_experts[0].numpy()
         )

@@ -176,3 +176,20 @@ def test_the_live_pipeline_stops_trusting_a_failed_sensor(default_episode, fault
     assert np.all(weights[during, m] < 0.5 * clean)
     assert np.all(weights[t > 18.5, m] > 0.9 * clean)
     assert error[during].mean() < 0.3 * error_off[during].mean()
+
+
+def test_new_weights_restart_the_references_of_trusted_modalities_only():
+    latent = trajectory(700)
+    z = embeddings(latent)
+    z[300:, 1] = z[299, 1]  # frozen from window 300 on
+    health = ModalityHealth(MODS, None, warmup=200)
+    run(health, z[:400])
+    assert health.trust[1] == HEALTH_FLOOR and (np.delete(health.trust, 1) == 1.0).all()
+    health.rebase()  # fine-tuned weights installed: the trusted ones' references start again
+    rescaled = z[400:].copy()
+    rescaled[:, [0, 2, 3]] = -rescaled[:, [0, 2, 3]]  # other embeddings, the same structure
+    trust = run(health, rescaled)
+    assert np.all(trust[:, 1] == HEALTH_FLOOR)  # still failing: still distrusted
+    others = np.delete(trust, 1, axis=1)
+    assert (others[:200] == 1.0).all()  # a new warm-up on the new embeddings
+    assert np.median(others[200:]) == 1.0
