@@ -21,7 +21,7 @@ then one JSON line ``{"clean": {...}, "faults": {MODALITY: {FAULT: {...}}}}``.
 What this does not measure: the same over DDS with the simulator node (bench_live, not built), and a
 second robot (no trained model of ``arm6`` is shipped).
 
-    .venv/bin/python bench/bench_health.py            # ~8 min on 2 cores
+    .venv/bin/python bench/bench_health.py            # ~20 min on 2 cores (70 replays)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig, from_dict, to_dict
 from structalign_ros.core.perception import PerceptionPipeline, replay
-from structalign_ros.core.sim.faults import FaultInjector
+from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.train import load_checkpoint
 
@@ -52,8 +52,11 @@ def run(bag: Path, fault: FaultConfig | None, health: bool) -> tuple[np.ndarray,
     data["node"].update(sensor_health=health, finetune=False)
     config = from_dict(data)
     pipeline = PerceptionPipeline(config, load_checkpoint(MODEL), warn=lambda m: None)
-    injector = FaultInjector(fault) if fault is not None else None
-    outputs = [o for o in replay(pipeline, [bag], config.sim.ee_pose_topic, injector) if o.pose_error]
+    alter = None
+    if fault is not None:
+        injector = FaultInjector(fault)
+        alter = lambda kind, msg: fault_message(kind, msg, injector) if kind == fault.modality else msg  # noqa: E731
+    outputs = [o for o in replay(pipeline, [bag], config.sim.ee_pose_topic, alter) if o.pose_error]
     stamps = np.array([o.stamp_ns for o in outputs])
     return (
         (stamps - stamps[0]) * 1e-9,

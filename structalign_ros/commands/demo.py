@@ -14,6 +14,7 @@ histogram) in the run folder, and one JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from structalign_ros.commands.play import add_fault_arguments, resolve_fault
+from structalign_ros.core.config import ConfigError, FaultConfig
 from structalign_ros.core.dataset import POSE_TOLERANCE_NS
 
 
@@ -33,16 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="ROS parameter file (default: built-in config)")
     parser.add_argument("--out", default=None, help="run folder for the plots (default runs/demo-<time>)")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
-    parser.add_argument(
-        "--fault",
-        default="rgb:blackout",
-        help="sensor fault the simulator injects, MODALITY:KIND (see structalign sim --help), from "
-        "--fault-start to --fault-stop s, so the weights' response shows (default rgb:blackout; 'none': off)",
-    )
-    parser.add_argument(
-        "--fault-start", type=float, default=25.0, help="fault start, s after the first reading"
-    )
-    parser.add_argument("--fault-stop", type=float, default=40.0, help="fault end, s (0: never)")
+    # the fault options of structalign sim/play, with a camera blackout scheduled so that the weights'
+    # response shows ("--fault none": no fault)
+    add_fault_arguments(parser, topic=False)
+    parser.set_defaults(fault="rgb:blackout", fault_start=25.0, fault_stop=40.0)
+    parser.epilog = "the demo's fault defaults: --fault rgb:blackout --fault-start 25 --fault-stop 40"
 
 
 class Monitor:
@@ -120,25 +118,11 @@ def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
     return float(torch.rad2deg(geodesic_angle(R1, R2)))
 
 
-def fault_parameters(spec: str, start: float, stop: float, config: Any) -> list[str]:
-    """``MODALITY:KIND`` as the simulator node's ``-p sim.fault.*`` arguments ([] for ``none``).
-
-    Raises:
-        ValueError: an unknown modality or fault kind.
-    """
-    from structalign_ros.core.config import FaultConfig
-
-    if spec == "none":
+def fault_parameters(fault: FaultConfig | None) -> list[str]:
+    """``fault`` as the simulator node's ``-p sim.fault.*`` arguments ([] for none)."""
+    if fault is None:
         return []
-    name, _, kind = spec.partition(":")
-    modality = config.modalities[name].kind if name in config.modalities else name
-    fault = FaultConfig(modality=modality, kind=kind, start_s=start, stop_s=stop)  # validates
-    values = {
-        "modality": fault.modality,
-        "kind": fault.kind,
-        "start_s": fault.start_s,
-        "stop_s": fault.stop_s,
-    }
+    values = dataclasses.asdict(fault)
     return [arg for key, value in values.items() for arg in ("-p", f"sim.fault.{key}:={value}")]
 
 
@@ -147,7 +131,8 @@ def _plots(
     monitor: Monitor,
     errors: np.ndarray,
     latency_ms: np.ndarray,
-    fault: tuple[str, float, float],
+    fault: FaultConfig | None,
+    fault_label: str,
 ) -> list[str]:
     import matplotlib
 
@@ -164,9 +149,9 @@ def _plots(
         fig, ax = plt.subplots(figsize=(8, 4))
         for m, name in enumerate(names):
             ax.plot(t, lam[:, m], label=name, lw=1)
-        label, start, stop = fault
-        if label != "none":
-            ax.axvspan(start, stop if stop > 0 else t[-1], color="grey", alpha=0.2, label=f"fault {label}")
+        if fault is not None:
+            stop = fault.stop_s if fault.stop_s > 0 else t[-1]
+            ax.axvspan(fault.start_s, stop, color="grey", alpha=0.2, label=f"fault {fault_label}")
         ax.set(xlabel="time (s)", ylabel="λ × trust (per window)", title="Modality weights")
         ax.legend(ncol=3, fontsize=8)
         figures.append(("weights.png", fig))
@@ -198,11 +183,13 @@ def run(args: argparse.Namespace) -> int:
 
     say = (lambda *a: None) if args.json else print
     config = load_yaml(args.config) if args.config else StructAlignConfig()
+    if args.fault == "none":
+        args.fault = ""
     try:
-        fault_args = fault_parameters(args.fault, args.fault_start, args.fault_stop, config)
-    except (ValueError, KeyError) as exc:
-        print(f"structalign demo: --fault {args.fault}: {exc}", file=sys.stderr)
-        return 1
+        fault, _ = resolve_fault(args, config)
+    except ConfigError as exc:
+        print(f"structalign demo: {exc}", file=sys.stderr)
+        return 2
     folder = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     rclpy.init()
     try:
@@ -214,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             with running([s for s in specs if s.lifecycle], args.config, extra=[probe]) as nodes:
                 node = nodes[NAME]
-                sim = _start_simulator(simulator.executable, args.config, folder / "sim.log", fault_args)
+                sim = _start_simulator(
+                    simulator.executable, args.config, folder / "sim.log", fault_parameters(fault)
+                )
                 say(
                     f"running the simulated robot and the suite for {args.seconds:.0f} s "
                     f"(model {node.model_source}, backend {node.pipeline.predictor.backend})"
@@ -238,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"structalign demo: {exc}", file=sys.stderr)
             return 1
         errors = monitor.errors()
-        written = _plots(folder, monitor, errors, latency, (args.fault, args.fault_start, args.fault_stop))
+        written = _plots(folder, monitor, errors, latency, fault, args.fault)
         probe.destroy_node()
     finally:
         rclpy.try_shutdown()
@@ -252,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         "ee_rot_err_deg": _round(float(errors[:, 2].mean()) if len(errors) else None),
         "finetune_steps": steps,
         "sim_realtime_factor": monitor.realtime_factor(),
-        "fault": args.fault,
+        "fault": args.fault or "none",
     }
     say("")
     say(f"{'windows':<28}{summary['windows']}")
@@ -268,8 +257,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'EE position error (mm)':<28}{summary['ee_pos_err_mm']}  ({len(errors)} windows scored)")
     say(f"{'EE orientation error (deg)':<28}{summary['ee_rot_err_deg']}")
     say(f"{'fine-tune steps':<28}{summary['finetune_steps']}")
-    if args.fault != "none":
-        say(f"{'fault (simulator)':<28}{args.fault} from {args.fault_start:g} s to {args.fault_stop:g} s")
+    if fault is not None:
+        say(f"{'fault (simulator)':<28}{args.fault} from {fault.start_s:g} s to {fault.stop_s:g} s")
     say(f"plots: {', '.join(str(folder / w) for w in written)}")
     print(json.dumps(summary))
     return 0

@@ -44,7 +44,6 @@ from structalign_ros.core.rotations import (
     rotation_6d_to_matrix,
 )
 from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.telemetry import Events, Latencies
 from structalign_ros.core.train import Checkpoint, save_checkpoint
 from structalign_ros.core.windows import Window, WindowAssembler
@@ -467,12 +466,13 @@ def replay(
     pipeline: PerceptionPipeline,
     bags: list[str | Path],
     pose_topic: str = "",
-    injector: FaultInjector | None = None,
+    alter: Callable[[str, Any], Any] | None = None,
 ) -> list[WindowOutput]:
     """Feed ``bags`` message by message in bag order, as the live node would receive them, and return
     every output. ``pose_topic``: ground-truth poses fed with :meth:`~PerceptionPipeline.on_ground_truth`
-    (their errors then in ``pose_error``); ``injector``: a sensor fault applied to the messages of its
-    modality kind (:func:`~.sim.faults.fault_message`), as ``structalign play --fault`` would send them.
+    (their errors then in ``pose_error``); ``alter(kind, msg)``: what to feed instead of each sensor
+    message, e.g. ``functools.partial(fault_message, injector=...)`` (:mod:`.sim.faults`) for the
+    messages a faulty sensor would send.
     """
     topics = {m.topic: n for n, m in pipeline.config.modalities.items() if m.enabled}
     outputs: list[WindowOutput] = []
@@ -481,8 +481,7 @@ def replay(
             pipeline.on_ground_truth(msg)
             continue
         name = topics[topic]
-        kind = pipeline.config.modalities[name].kind
-        if injector is not None and kind == injector.fault.modality:
-            msg = fault_message(kind, msg, injector)
+        if alter is not None:
+            msg = alter(pipeline.config.modalities[name].kind, msg)
         outputs += pipeline.on_message(name, msg)
     return outputs

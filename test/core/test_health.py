@@ -143,7 +143,7 @@ def replay_faulted(bag, fault, sensor_health: bool):
     per window (seconds from the start, weights, position error mm)."""
     from structalign_ros.core.config import FaultConfig, StructAlignConfig, from_dict, to_dict
     from structalign_ros.core.perception import PerceptionPipeline, replay
-    from structalign_ros.core.sim.faults import FaultInjector
+    from structalign_ros.core.sim.faults import FaultInjector, fault_message
     from structalign_ros.core.train import load_checkpoint
 
     data = to_dict(StructAlignConfig())
@@ -154,7 +154,12 @@ def replay_faulted(bag, fault, sensor_health: bool):
     pipe = PerceptionPipeline(config, load_checkpoint(shipped))
     modality, kind = fault
     injector = FaultInjector(FaultConfig(modality=modality, kind=kind, start_s=12.0, stop_s=16.0))
-    outputs = replay(pipe, [bag], config.sim.ee_pose_topic, injector)
+    outputs = replay(
+        pipe,
+        [bag],
+        config.sim.ee_pose_topic,
+        lambda kind, msg: fault_message(kind, msg, injector) if kind == modality else msg,
+    )
     rows = [(o.stamp_ns, o.weights, o.pose_error[0]) for o in outputs if o.pose_error]
     stamps = np.array([r[0] for r in rows])
     return (stamps - stamps[0]) * 1e-9, np.stack([r[1] for r in rows]), np.array([r[2] for r in rows])
