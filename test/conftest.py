@@ -18,8 +18,10 @@ def small_config(**sections) -> StructAlignConfig:
         "model": {"embed_dim": 16, "width": 8, "image_size": 16},
         "objective": {"name": "unioma", "tck_members": 4, "gw_iterations": 3, "sinkhorn_iterations": 10},
         # the online trainer at normal priority: SCHED_IDLE starves it on a loaded machine, and the tests
-        # wait for its steps (test_online checks the SCHED_IDLE default itself)
+        # wait for its steps (test_online checks the SCHED_IDLE default itself); the guard off, so that
+        # every update of this untrained model is installed (test_online and test_perception check it)
         "train": {
+            "guard_every": 0,
             "batch_size": 8,
             "head_steps": 20,
             "min_replay": 8,

@@ -403,7 +403,13 @@ class TrainConfig:
         grad_clip: global gradient-norm clip; 0 disables it.
         replay_capacity: windows the online trainer keeps (oldest dropped first).
         min_replay: the online trainer waits for this many windows before its first step.
-        swap_period_s: how often the online trainer publishes new weights to the predictor.
+        swap_period_s: how often the online trainer offers new weights to the guard (and, when they
+            pass it, to the predictor).
+        guard_every: every ``guard_every``-th window the online trainer receives is held out from
+            training: new weights are installed only if, on the latest held-out windows, they are no
+            worse than the weights in use (:mod:`structalign_ros.core.online`); 0 turns the guard
+            off (every update installed).
+        guard_windows: how many of the latest held-out windows the guard judges on.
         online_duty_cycle: share of the time the online trainer may compute: after a step of ``t``
             seconds it rests ``t * (1 / online_duty_cycle - 1)``, leaving the rest of the machine (and
             Python's interpreter lock) to inference and the sensor callbacks; 1 = never rest.
@@ -430,6 +436,8 @@ class TrainConfig:
     replay_capacity: int = 4096
     min_replay: int = 256
     swap_period_s: float = 10.0
+    guard_every: int = 5
+    guard_windows: int = 256
     online_duty_cycle: float = 0.5
     checkpoint_dir: str = ""
     online_idle_priority: bool = True
@@ -456,6 +464,11 @@ class TrainConfig:
         if self.min_replay < 2 or self.replay_capacity < self.min_replay:
             raise ConfigError(
                 f"need 2 <= min_replay ({self.min_replay}) <= replay_capacity ({self.replay_capacity})"
+            )
+        if self.guard_every < 0 or self.guard_every == 1 or self.guard_windows < 2:
+            raise ConfigError(
+                f"guard_every={self.guard_every} must be 0 (off) or >= 2 (1 would hold out every window), "
+                f"guard_windows={self.guard_windows} >= 2"
             )
         if not self.swap_period_s > 0:
             raise ConfigError(f"swap_period_s={self.swap_period_s} must be > 0")

@@ -17,9 +17,18 @@ Traffic between the two processes, all plain picklable data:
 - commands in (run, pause, new settings, close);
 - out, over a one-way pipe that only the child writes (so a child that dies halfway through a
   message leaves an end of file): a :class:`Progress` after every step, and a :class:`WeightUpdate`
-  every ``swap_period_s`` (and on pause) carrying the state dict and, for the ONNX backend, the
-  weights already exported, so that installing them in the node only builds a session (which
-  releases the interpreter lock).
+  when new weights pass the guard, carrying the state dict and, for the ONNX backend, the weights
+  already exported, so that installing them in the node only builds a session (which releases the
+  interpreter lock).
+
+The guard. Every ``train.guard_every``-th window the child receives goes to a held-out buffer (the
+latest ``train.guard_windows``) instead of the replay buffer. Every ``swap_period_s`` (and on pause)
+the weights trained since the last offer are judged against the weights in use on those windows, with
+:func:`~.train.evaluate`: the objective's loss and, when the held-out windows are labelled, the fused
+pose's position (mm) and rotation (degrees) errors. They are published only if no metric is worse
+(:func:`no_worse`); otherwise training goes back to the weights in use, with a fresh optimiser, and the
+rejection is counted. So a rejected update never reaches the outputs, and the trainer never drifts
+further and further from what serves.
 
 A receiver thread in the parent hands each :class:`WeightUpdate` to ``publish``. The child exits
 when told to, when its parent process has gone (a killed node leaves no trainer behind) and on
@@ -51,12 +60,13 @@ from structalign_ros.core.config import ModelConfig, StructAlignConfig
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.runtime import onnx_bytes, resolve_device
-from structalign_ros.core.train import make_optimizer, step_options, train_step
+from structalign_ros.core.train import evaluate, make_optimizer, step_options, train_step
 
 log = logging.getLogger(__name__)
 
 INBOX = 256  # windows in flight to the trainer before new ones are dropped
 POLL_S = 0.05  # the child's longest idle wait for a command; the receiver's is 4x this
+GUARDED = ("loss", "pose_pos_mm", "pose_rot_deg")  # the metrics new weights must not make worse
 
 
 class ReplayBuffer:
@@ -87,7 +97,18 @@ class ReplayBuffer:
         """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
         rows = list(self._rows)
         pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
-        chosen = [rows[i] for i in pick]
+        return self._stack([rows[i] for i in pick])
+
+    def batches(self, size: int) -> list[Batch]:
+        """Every window, oldest first, in batches of ``size`` (the last one smaller, but never a
+        single window: contrastive objectives need two)."""
+        rows = list(self._rows)
+        cuts = list(range(0, len(rows), size))
+        if len(cuts) > 1 and len(rows) - cuts[-1] < 2:
+            cuts.pop()
+        return [self._stack(rows[a:b]) for a, b in zip(cuts, [*cuts[1:], len(rows)], strict=True)]
+
+    def _stack(self, chosen: list[tuple[dict[str, Tensor], Tensor, Tensor | None]]) -> Batch:
         inputs = {k: torch.stack([r[0][k] for r in chosen]) for k in self.modalities}
         mask = torch.stack([r[1] for r in chosen])
         poses = [r[2] for r in chosen]
@@ -102,7 +123,8 @@ class WeightUpdate:
     Attributes:
         state: the model's CPU ``state_dict``.
         onnx: the same weights exported to ONNX (when the node's backend is ONNX Runtime), else None.
-        steps: this trainer's optimisation steps behind them (skipped ones included).
+        steps: this trainer's optimisation steps behind them (skipped ones and those of rejected
+            updates included).
     """
 
     state: dict[str, Tensor]
@@ -112,13 +134,30 @@ class WeightUpdate:
 
 @dataclass
 class Progress:
-    """The trainer's counters after a step (sent by the child, kept by the parent)."""
+    """The trainer's counters after a step or a verdict (sent by the child, kept by the parent).
+
+    ``accepted``/``rejected``: updates the guard passed or turned down; ``held_out``: windows it
+    judges on; ``verdict``: the newest judgement in words ("" before the first).
+    """
 
     steps: int = 0
     skipped: int = 0
     replay: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     lambdas: list[float] | None = None
+    accepted: int = 0
+    rejected: int = 0
+    held_out: int = 0
+    verdict: str = ""
+
+
+def no_worse(candidate: dict[str, float], serving: dict[str, float]) -> tuple[bool, str]:
+    """Whether ``candidate``'s metrics (:func:`~.train.evaluate` on the same windows) are all no
+    worse than ``serving``'s, over the :data:`GUARDED` metrics both have; and why, in words."""
+    keys = [k for k in GUARDED if k in candidate and k in serving]
+    worse = [k for k in keys if not candidate[k] <= serving[k]]  # NaN is worse
+    why = ", ".join(f"{k} {candidate[k]:.4g} {'>' if k in worse else '<='} {serving[k]:.4g}" for k in keys)
+    return bool(keys) and not worse, why
 
 
 @dataclass
@@ -373,17 +412,27 @@ class _Child:
         self.outbox = outbox
         self.progress = Progress(steps=steps)
         self.published_at = steps
+        # the guard: held-out windows, and the weights in use in the node to judge new ones against
+        self.holdout = ReplayBuffer(config.train.guard_windows, model.modalities)
+        self.received = 0
+        self.serving = copy.deepcopy((self.model.state_dict(), self.objective.state_dict()))
 
     def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]) -> None:
         inputs, mask, pose = item
-        self.buffer.add(
-            Batch(
-                {k: torch.from_numpy(inputs[k]) for k in self.model.modalities},
-                torch.from_numpy(mask),
-                self.model.modalities,
-                pose=None if pose is None else torch.from_numpy(pose),
-            )
+        batch = Batch(
+            {k: torch.from_numpy(inputs[k]) for k in self.model.modalities},
+            torch.from_numpy(mask),
+            self.model.modalities,
+            pose=None if pose is None else torch.from_numpy(pose),
         )
+        every = self.config.train.guard_every
+        number = torch.arange(self.received + 1, self.received + 1 + len(batch))
+        self.received += len(batch)
+        held = (number % every == 0) if every else torch.zeros(len(batch), dtype=torch.bool)
+        if held.any():
+            self.holdout.add(batch.select(held))
+        if not held.all():
+            self.buffer.add(batch.select(~held))
 
     def set_config(self, config: StructAlignConfig) -> None:
         self.config = config
@@ -408,18 +457,52 @@ class _Child:
         p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
         self.outbox.send(copy.copy(p))
 
-    def publish(self) -> None:
-        """Send the current weights (exported to ONNX too when the node runs ONNX Runtime)."""
+    def offer(self) -> None:
+        """Publish the weights trained since the last offer if they pass the guard (see the module
+        docstring); without enough held-out windows to judge on yet, keep training and wait."""
         if self.published_at == self.progress.steps:
             return
+        cfg = self.config.train
+        if cfg.guard_every:
+            if len(self.holdout) < min(cfg.batch_size, cfg.guard_windows):
+                return
+            if not self.judge():
+                return
+        self.published_at = self.progress.steps
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.serving = copy.deepcopy((state, self.objective.state_dict()))
         onnx = None
         if self.config.runtime.backend == "onnx":
             snapshot = MultimodalModel(self.model.specs, self.model.cfg)
             snapshot.load_state_dict(state)
             onnx = onnx_bytes(snapshot)
         self.outbox.send(_Weights({k: v.numpy() for k, v in state.items()}, onnx, self.progress.steps))
-        self.published_at = self.progress.steps
+
+    def judge(self) -> bool:
+        """The guard's verdict on the current weights against the serving ones; a rejection puts the
+        serving weights back (with a fresh optimiser) and is reported at once."""
+        holdout = self.holdout.batches(self.config.train.batch_size)
+        candidate = evaluate(self.model, self.objective, holdout)
+        model, objective = copy.deepcopy(self.model), copy.deepcopy(self.objective)
+        model.load_state_dict(self.serving[0])
+        objective.load_state_dict(self.serving[1])
+        serving = evaluate(model, objective, holdout)
+        ok, why = no_worse(candidate, serving)
+        p = self.progress
+        p.held_out = len(self.holdout)
+        p.verdict = f"{'accepted' if ok else 'rejected'} at step {p.steps}: {why or 'nothing to compare'}"
+        if ok:
+            p.accepted += 1
+        else:
+            p.rejected += 1
+            self.published_at = p.steps
+            self.model.load_state_dict(self.serving[0])
+            self.objective.load_state_dict(self.serving[1])
+            self.optimizer = make_optimizer(self.model, self.objective, self.config.train)
+            # the trainer's λ, as after a step
+            p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
+        self.outbox.send(copy.copy(p))
+        return ok
 
 
 def _exit_with(parent: Any) -> None:
@@ -472,7 +555,7 @@ def _train(child: _Child, inbox: Any, commands: Any, outbox: Any) -> None:
             running, last_swap = True, time.monotonic()
         elif command == "pause":
             running = False
-            child.publish()
+            child.offer()
             outbox.send(_Paused(arg))
         elif command == "config":
             child.set_config(arg)
@@ -492,6 +575,6 @@ def _train(child: _Child, inbox: Any, commands: Any, outbox: Any) -> None:
         started = time.monotonic()
         child.step()
         if time.monotonic() - last_swap >= cfg.swap_period_s:
-            child.publish()
+            child.offer()  # the guard's judgement is training work too: the rest below covers it
             last_swap = time.monotonic()
         rest_until = time.monotonic() + (time.monotonic() - started) * (1 / cfg.online_duty_cycle - 1)

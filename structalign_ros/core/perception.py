@@ -359,9 +359,13 @@ class PerceptionPipeline:
             tuner.close()
 
     def learned_weights(self) -> dict[str, float]:
-        """The global modality weights lambda = softmax(logits) of the newest weights (fine-tuned or not)."""
-        tuned = self.trainer.progress.lambdas if self.trainer is not None else None
-        values = tuned if tuned is not None else [float(v) for v in self.model.lambdas.detach()]
+        """The global modality weights lambda = softmax(logits) of the weights in use (the newest
+        installed by the trainer, else the checkpoint's)."""
+        latest = self._latest
+        logits = (
+            latest.state["modality_logits"] if latest is not None else self.model.modality_logits.detach()
+        )
+        values = [float(v) for v in torch.softmax(logits.float(), dim=0)]
         return dict(zip(self.modalities, values, strict=True))
 
     @property
@@ -446,6 +450,10 @@ class PerceptionPipeline:
                 "loss": (tuner.progress.metrics.get("loss") if tuner else None),
                 "lr": (tuner.progress.metrics.get("lr") if tuner else None),
                 "replay": tuner.progress.replay if tuner else 0,
+                "accepted": tuner.progress.accepted if tuner else 0,
+                "rejected": tuner.progress.rejected if tuner else 0,
+                "held_out": tuner.progress.held_out if tuner else 0,
+                "verdict": tuner.progress.verdict if tuner else "",
                 "sent": tuner.sent if tuner else 0,
                 "dropped": tuner.dropped if tuner else 0,
                 "error": tuner.error if tuner else "",

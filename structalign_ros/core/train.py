@@ -99,6 +99,39 @@ def train_step(
     return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 0.0}
 
 
+@torch.no_grad()
+def evaluate(model: Any, objective: Objective, batches: Iterable[Batch]) -> dict[str, float]:
+    """Mean objective and pose metrics of ``model`` over ``batches``, without training (weights and
+    train/eval modes as they were).
+
+    Batch means weighted by windows: ``loss`` (the objective's, without the pose term), the
+    objective's own metrics and, for labelled batches, ``pose_pos_mae`` (m), ``pose_pos_mm`` and
+    ``pose_rot_deg`` of the fused pose.
+    """
+    modes = model.training, objective.training
+    model.eval()
+    objective.eval()
+    device = next(model.parameters()).device
+    head = _plain(model).pose_head
+    sums: collections.Counter[str] = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            out = model(batch.inputs, batch.mask)
+            result = objective(out, batch, model.lambdas)
+            metrics = {"loss": float(result.loss), **result.metrics}
+            if batch.pose is not None and head is not None:
+                metrics.update(supervised_pose_loss(head, out, batch)[1])
+            for key, value in metrics.items():
+                sums[key] += value * len(batch)
+                counts[key] += len(batch)
+    finally:
+        model.train(modes[0])
+        objective.train(modes[1])
+    return {k: sums[k] / counts[k] for k in sums}
+
+
 def _plain(model: Any) -> MultimodalModel:
     """The :class:`MultimodalModel` inside a DistributedDataParallel wrapper, or ``model`` itself."""
     return model.module.model if isinstance(model, DistributedDataParallel) else model
@@ -369,34 +402,9 @@ class Trainer:
         if cfg.checkpoint_dir and self.is_main:
             save_checkpoint(Path(cfg.checkpoint_dir) / "last.pt", self.model, self.config, self.step)
 
-    @torch.no_grad()
     def validate(self, batches: Iterable[Batch]) -> dict[str, float]:
-        """Mean objective and pose metrics over ``batches`` without training (weights unchanged).
-
-        Batch means weighted by windows; ``pose_pos_mae`` (m) and ``pose_rot_deg`` where labelled.
-        """
-        model, objective = self.model, self.objective
-        modes = model.training, objective.training
-        model.eval()
-        objective.eval()
-        device = next(model.parameters()).device
-        sums: collections.Counter[str] = collections.Counter()
-        counts: collections.Counter[str] = collections.Counter()
-        try:
-            for batch in batches:
-                batch = batch.to(device)
-                out = model(batch.inputs, batch.mask)
-                result = objective(out, batch, model.lambdas)
-                metrics = {"loss": float(result.loss), **result.metrics}
-                if batch.pose is not None and model.pose_head is not None:
-                    metrics.update(supervised_pose_loss(model.pose_head, out, batch)[1])
-                for key, value in metrics.items():
-                    sums[key] += value * len(batch)
-                    counts[key] += len(batch)
-        finally:
-            model.train(modes[0])
-            objective.train(modes[1])
-        return {k: sums[k] / counts[k] for k in sums}
+        """:func:`evaluate` of the model being trained (weights unchanged)."""
+        return evaluate(self.model, self.objective, batches)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs to continue this run exactly where it is."""

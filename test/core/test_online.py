@@ -15,7 +15,15 @@ import torch
 
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.online import OnlineTrainer, ReplayBuffer, WeightUpdate
+from structalign_ros.core.online import (
+    OnlineTrainer,
+    Progress,
+    ReplayBuffer,
+    WeightUpdate,
+    _Child,
+    _Weights,
+    no_worse,
+)
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
 
@@ -40,10 +48,10 @@ def config(backend="torch", **train):
     cfg.model = TINY
     cfg.objective.name = "pairwise"
     cfg.runtime.backend = backend
-    # normal priority: under SCHED_IDLE a loaded machine can starve the trainer past any wait
-    cfg.train = TrainConfig(
-        **{"batch_size": 16, "min_replay": 16, "replay_capacity": 128, "online_idle_priority": False, **train}
-    )
+    # normal priority: under SCHED_IDLE a loaded machine can starve the trainer past any wait; the guard
+    # off unless a test asks for it: these tests are about the transport of every update
+    base = {"batch_size": 16, "min_replay": 16, "replay_capacity": 128, "online_idle_priority": False}
+    cfg.train = TrainConfig(**{**base, "guard_every": 0, **train})
     return cfg
 
 
@@ -77,6 +85,104 @@ def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
     assert len(sample) == 6 and sample.modalities == world.modalities and sample.pose.shape == (6, 7)
     with pytest.raises(ValueError, match="modalities"):
         buf.add(SyntheticWorld(modalities=("rgb",), image=16).batch(2, seed=0)[0])
+
+
+def test_replay_buffer_batches_cover_every_window_in_order(world):
+    buf = ReplayBuffer(100, world.modalities)
+    batch, _ = world.batch(11, seed=5)
+    buf.add(batch)
+    parts = buf.batches(4)
+    assert [len(b) for b in parts] == [4, 4, 3]
+    assert torch.equal(torch.cat([b.pose for b in parts]), batch.pose)
+    buf.add(world.batch(2, seed=6)[0])
+    assert [len(b) for b in buf.batches(4)] == [4, 4, 5]  # never a single window alone
+
+
+def test_no_worse_needs_every_shared_metric_no_worse():
+    serving = {"loss": 2.0, "pose_pos_mm": 5.0, "pose_rot_deg": 1.0, "gw": 9.0}
+    assert no_worse({"loss": 2.0, "pose_pos_mm": 4.0, "pose_rot_deg": 1.0, "gw": 99.0}, serving)[0]
+    ok, why = no_worse({"loss": 1.0, "pose_pos_mm": 5.1, "pose_rot_deg": 0.5}, serving)
+    assert not ok and "pose_pos_mm 5.1 > 5" in why
+    assert not no_worse({"loss": float("nan")}, {"loss": 2.0})[0]
+    assert no_worse({"loss": 1.0}, serving)[0]  # unlabelled windows: the objective alone
+    assert not no_worse({}, serving)[0]  # nothing to compare: not installed
+
+
+class Outbox:
+    """What the child would send through its pipe, kept in a list."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, item):
+        self.sent.append(item)
+
+
+@pytest.fixture
+def child_of(world):
+    threads = torch.get_num_threads()
+
+    def build(model, **train):
+        outbox = Outbox()
+        state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        child = _Child(model.specs, model.cfg, state, 0, config(**train), outbox)
+        for s in range(6):
+            child.take(as_item(world.batch(16, seed=700 + s)[0]))
+        return child, outbox
+
+    yield build
+    torch.set_num_threads(threads)
+
+
+def as_item(batch):
+    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), batch.pose.numpy()
+
+
+def test_the_guard_holds_windows_out_and_rejects_worse_weights(world, child_of):
+    model = make_model(world)
+    child, outbox = child_of(model, guard_every=4, lr=10.0)  # a learning rate that wrecks the model
+    assert len(child.holdout) == 24 and len(child.buffer) == 72  # every 4th of 96 windows held out
+    for _ in range(3):
+        child.step()
+    child.offer()
+    weights = [m for m in outbox.sent if isinstance(m, _Weights)]
+    verdicts = [m for m in outbox.sent if isinstance(m, Progress) and m.verdict]
+    assert not weights and child.progress.rejected == 1 and child.progress.accepted == 0
+    assert verdicts[-1].verdict.startswith("rejected at step 3") and "pose_pos_mm" in verdicts[-1].verdict
+    start = model.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in child.model.state_dict().items())  # back to serving
+    child.offer()  # no step since the verdict: nothing new to judge
+    assert child.progress.rejected == 1
+
+
+def test_the_guard_installs_weights_that_are_no_worse(world, child_of):
+    model = make_model(world)
+    child, outbox = child_of(model, guard_every=4)
+    good = {k: v.clone() for k, v in child.model.state_dict().items()}
+    # the weights in use place the end effector 10 cm off; the trainer's do not (and encode alike)
+    child.serving[0]["pose_head.position.loc"] += 0.1
+    child.progress.steps += 1  # as after a step that changed nothing else
+    child.offer()
+    weights = [m for m in outbox.sent if isinstance(m, _Weights)]
+    assert child.progress.accepted == 1 and child.progress.rejected == 0 and len(weights) == 1
+    assert all(torch.equal(torch.from_numpy(weights[0].state[k]), v) for k, v in good.items())
+    assert torch.equal(child.serving[0]["pose_head.position.loc"], good["pose_head.position.loc"])
+
+
+@pytest.mark.slow
+def test_a_trainer_whose_updates_are_worse_never_publishes_them(world):
+    model = make_model(world)
+    trainer, updates = recording_trainer(model, swap_period_s=0.1, guard_every=4, lr=10.0)
+    try:
+        trainer.start()
+        for s in range(4):
+            trainer.add(world.batch(16, seed=800 + s)[0])
+        assert wait_for(lambda: trainer.progress.rejected >= 2), trainer.error
+        assert trainer.stop()
+    finally:
+        trainer.close()
+    assert not updates and trainer.published == 0 and trainer.progress.accepted == 0
+    assert trainer.progress.held_out == 16 and trainer.progress.verdict.startswith("rejected")
 
 
 @pytest.mark.slow
@@ -211,6 +317,7 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         cfg.model = ModelConfig(image_size=16)
         cfg.objective.name = "pairwise"
         cfg.train.min_replay, cfg.train.batch_size, cfg.train.swap_period_s = 16, 16, 0.05
+        cfg.train.guard_every = 0  # publish the first weights without waiting for a holdout
         model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), cfg.model)
         trainer = OnlineTrainer(model, cfg, publish=lambda update: None)
         trainer.start()
