@@ -240,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         "ee_pos_err_mm": _round(float(errors[:, 1].mean()) if len(errors) else None),
         "ee_rot_err_deg": _round(float(errors[:, 2].mean()) if len(errors) else None),
         "finetune_steps": steps,
+        "finetune_accepted": report["finetune"]["accepted"],
+        "finetune_rejected": report["finetune"]["rejected"],
         "sim_realtime_factor": monitor.realtime_factor(),
         "fault": args.fault or "none",
     }
@@ -257,6 +259,10 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'EE position error (mm)':<28}{summary['ee_pos_err_mm']}  ({len(errors)} windows scored)")
     say(f"{'EE orientation error (deg)':<28}{summary['ee_rot_err_deg']}")
     say(f"{'fine-tune steps':<28}{summary['finetune_steps']}")
+    say(
+        f"{'fine-tune offers':<28}{summary['finetune_accepted']} accepted, "
+        f"{summary['finetune_rejected']} rejected ({report['finetune']['verdict'] or 'none judged'})"
+    )
     if fault is not None:
         say(f"{'fault (simulator)':<28}{args.fault} from {fault.start_s:g} s to {fault.stop_s:g} s")
     say(f"plots: {', '.join(str(folder / w) for w in written)}")

@@ -76,6 +76,16 @@ class Batch:
             None if self.pose is None else self.pose.to(device),
         )
 
+    def masked(self, keep: Tensor) -> Batch:
+        """The same windows with only the modalities ``keep`` ``(B, M)`` (and the mask) left present:
+        the others masked and zeroed."""
+        mask = self.mask & keep
+        inputs = {
+            k: v * mask[:, m].reshape(-1, *([1] * (v.dim() - 1))).to(v.dtype)
+            for m, (k, v) in enumerate(self.inputs.items())
+        }
+        return Batch(inputs, mask, self.modalities, self.stamps_ns, self.pose)
+
     def select(self, rows: Tensor) -> Batch:
         """The sub-batch of ``rows`` (an index or bool tensor over ``B``)."""
         return Batch(

@@ -41,6 +41,7 @@ from collections import deque
 
 import numpy as np
 
+DISTRUSTED = 0.5  # a modality whose trust is under this counts as failing (diagnostics, training)
 MIN_PAIRS = 120  # pairs of windows (16 windows) before a modality's discrepancy is estimated
 HEALTH_FLOOR = 1e-12  # h never reaches 0 (a fully distrusted modality keeps a defined weight), but an
 # overconfident expert's precision (up to e^16) times it is still negligible

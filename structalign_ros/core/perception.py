@@ -34,7 +34,7 @@ from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
 from structalign_ros.core.dataset import nearest_pose
-from structalign_ros.core.health import ModalityHealth
+from structalign_ros.core.health import DISTRUSTED, ModalityHealth
 from structalign_ros.core.models import ModalitySpec, ModelOutput
 from structalign_ros.core.online import OnlineTrainer, WeightUpdate
 from structalign_ros.core.rotations import (
@@ -155,6 +155,7 @@ class PerceptionPipeline:
         self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
         self.health = self._new_health(config)
         self._resets_seen = 0
+        self.sent_distrusted = 0  # windows handed to the trainer with a distrusted modality masked
         self._health_version = 0  # the model version the health references were measured on
 
     # -- input --------------------------------------------------------------------------------
@@ -232,12 +233,13 @@ class PerceptionPipeline:
             warmup=config.node.health_warmup,
         )
 
-    def _apply_health(self, out: ModelOutput, mask: torch.Tensor) -> ModelOutput:
+    def _apply_health(self, out: ModelOutput, mask: torch.Tensor) -> tuple[ModelOutput, torch.Tensor]:
         """``out`` with its weights times each modality's live trust: the fused embedding and the
-        pose recomputed from them (the learned weights of ``out`` are the health's consensus weights)."""
+        pose recomputed from them (the learned weights of ``out`` are the health's consensus weights);
+        and the ``(1, M)`` mask of the modalities trusted (all without sensor health)."""
         health = self.health
         if health is None:
-            return out
+            return out, torch.ones_like(mask)
         with self.lock:
             resets = self.assembler.stats.resets
         if resets != self._resets_seen:  # the data jumped (a bag restarted): the recent windows are stale
@@ -254,7 +256,8 @@ class PerceptionPipeline:
         fused = torch.nn.functional.normalize((weights.unsqueeze(-1) * out.embeddings).sum(1), dim=-1)
         head = self.model.pose_head
         pose = out.pose if head is None else head.fuse(out.pose_experts.float(), weights.float())
-        return ModelOutput(out.embeddings, fused, weights, pose.to(out.pose.dtype), out.pose_experts)
+        trusted = torch.from_numpy(trust >= DISTRUSTED)[None]
+        return ModelOutput(out.embeddings, fused, weights, pose.to(out.pose.dtype), out.pose_experts), trusted
 
     def _batch(self, window: Window, pose: np.ndarray | None) -> Batch:
         inputs, present = {}, []
@@ -300,14 +303,17 @@ class PerceptionPipeline:
             self._count("non-finite model output; window skipped (inputs out of range?)")
             return None
         with torch.no_grad():
-            out = self._apply_health(out, batch.mask)
+            out, trusted = self._apply_health(out, batch.mask)
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
         labelled = pose is not None or not self.config.node.ground_truth_topic
-        if trainer is not None and labelled and int(batch.mask.sum()) >= 2:
+        # the trainer (and its guard) sees a distrusted modality as missing, as the outputs nearly do
+        learnable = batch if bool(trusted.all()) else batch.masked(trusted)
+        if trainer is not None and labelled and int(learnable.mask.sum()) >= 2:
             # with a ground-truth topic only labelled windows: one unlabelled row in a sampled batch
             # would switch the pose loss off for the whole step
-            trainer.add(batch)
+            trainer.add(learnable)
+            self.sent_distrusted += int(learnable is not batch)
         mask = batch.mask[0].numpy()
         R = rotation_6d_to_matrix(out.pose[0, 3:].double())
         error = None
@@ -454,7 +460,10 @@ class PerceptionPipeline:
                 "rejected": tuner.progress.rejected if tuner else 0,
                 "held_out": tuner.progress.held_out if tuner else 0,
                 "verdict": tuner.progress.verdict if tuner else "",
+                "head_fits": tuner.progress.head_fits if tuner else 0,
+                "head_fit": tuner.progress.head_fit if tuner else "",
                 "sent": tuner.sent if tuner else 0,
+                "sent_distrusted": self.sent_distrusted,
                 "dropped": tuner.dropped if tuner else 0,
                 "error": tuner.error if tuner else "",
                 "since_step_s": tuner.since_step_s if tuner else 0.0,

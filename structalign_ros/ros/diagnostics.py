@@ -21,11 +21,11 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from structalign_ros.core.health import DISTRUSTED
 from structalign_ros.core.telemetry import reason_code
 from structalign_ros.ros.messages import time_msg
 
 LATEST_CHARS = 200  # the newest bad-input reason is cut to this
-DISTRUSTED = 0.5  # a modality whose trust is under this is named in the sensor-health status
 
 
 def resident_mb() -> float:

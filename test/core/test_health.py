@@ -138,9 +138,10 @@ def default_episode(tmp_path_factory):
     return bag
 
 
-def replay_faulted(bag, fault, sensor_health: bool):
+def replay_faulted(bag, fault, sensor_health: bool, train=None):
     """The shipped model on ``bag`` through the live pipeline, ``fault`` injected from 12 s to 16 s:
-    per window (seconds from the start, weights, position error mm)."""
+    per window (seconds from the start, weights, position error mm), and the pipeline's report at the
+    end. ``train``: fine-tuning on, with these ``train`` settings."""
     from structalign_ros.core.config import FaultConfig, StructAlignConfig, from_dict, to_dict
     from structalign_ros.core.perception import PerceptionPipeline, replay
     from structalign_ros.core.sim.faults import FaultInjector, fault_message
@@ -149,20 +150,28 @@ def replay_faulted(bag, fault, sensor_health: bool):
     data = to_dict(StructAlignConfig())
     data["node"].update(sensor_health=sensor_health)  # the default warm-up: the first 256 windows
     data["runtime"].update(backend="torch", threads=1)
+    data["train"].update(train or {})
     config = from_dict(data)
     shipped = Path(__file__).resolve().parents[2] / "models" / "sim_default.pt"
     pipe = PerceptionPipeline(config, load_checkpoint(shipped))
     modality, kind = fault
     injector = FaultInjector(FaultConfig(modality=modality, kind=kind, start_s=12.0, stop_s=16.0))
-    outputs = replay(
-        pipe,
-        [bag],
-        config.sim.ee_pose_topic,
-        lambda kind, msg: fault_message(kind, msg, injector) if kind == modality else msg,
-    )
+    if train is not None:
+        pipe.start_finetuning()
+    try:
+        outputs = replay(
+            pipe,
+            [bag],
+            config.sim.ee_pose_topic,
+            lambda kind, msg: fault_message(kind, msg, injector) if kind == modality else msg,
+        )
+    finally:
+        report = pipe.report()
+        pipe.close()
     rows = [(o.stamp_ns, o.weights, o.pose_error[0]) for o in outputs if o.pose_error]
     stamps = np.array([r[0] for r in rows])
-    return (stamps - stamps[0]) * 1e-9, np.stack([r[1] for r in rows]), np.array([r[2] for r in rows])
+    t = (stamps - stamps[0]) * 1e-9
+    return t, np.stack([r[1] for r in rows]), np.array([r[2] for r in rows]), report
 
 
 @pytest.mark.parametrize("fault", [("joints", "zero"), ("image", "blackout")], ids=lambda f: ":".join(f))
@@ -170,8 +179,8 @@ def test_the_live_pipeline_stops_trusting_a_failed_sensor(default_episode, fault
     """The shipped model, a real episode: steady weights while clean (mostly the learned ones); the
     failed sensor's published weight falls below half its clean value and comes back after the
     fault; the pose error during the fault is far below that of the pipeline with sensor health off."""
-    t, weights, error = replay_faulted(default_episode, fault, sensor_health=True)
-    _, weights_off, error_off = replay_faulted(default_episode, fault, sensor_health=False)
+    t, weights, error, _ = replay_faulted(default_episode, fault, sensor_health=True)
+    _, weights_off, error_off, _ = replay_faulted(default_episode, fault, sensor_health=False)
     m = {"joints": 5, "image": 0}[fault[0]]  # the default modality order: rgb ... joints
     clean = weights[(t > 9) & (t < 12), m].mean()
     steady = weights[(t > 2) & (t < 12)]  # clean, every sensor present: steady weights
@@ -181,6 +190,19 @@ def test_the_live_pipeline_stops_trusting_a_failed_sensor(default_episode, fault
     assert np.all(weights[during, m] < 0.5 * clean)
     assert np.all(weights[t > 18.5, m] > 0.9 * clean)
     assert error[during].mean() < 0.3 * error_off[during].mean()
+
+
+def test_the_trainer_gets_a_distrusted_sensor_as_missing(default_episode):
+    # a trainer that only collects (it waits for more windows than the episode has): every window
+    # while the camera is distrusted reaches it with the camera masked, no clean one does
+    collect = {"min_replay": 4096, "replay_capacity": 4096, "online_idle_priority": False}
+    t, weights, _, report = replay_faulted(default_episode, ("image", "blackout"), True, collect)
+    clean = weights[(t > 9) & (t < 12), 0].mean()
+    distrusted = weights[:, 0] < 0.5 * clean  # trust under one half (at least) for the camera
+    ft = report["finetune"]
+    assert ft["sent"] >= len(t) - 5 and ft["dropped"] == 0
+    assert distrusted[(t > 13.5) & (t < 16)].all()
+    assert distrusted.sum() * 0.9 <= ft["sent_distrusted"] <= ((t > 12) & (t < 22)).sum()
 
 
 def test_new_weights_restart_the_references_of_trusted_modalities_only():

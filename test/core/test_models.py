@@ -102,3 +102,19 @@ def test_collate_stacks_windows_into_the_batch_layout():
     assert batch.mask.tolist() == [[True, True], [True, False], [True, False]]
     with pytest.raises(ValueError, match="mask"):
         Batch(batch.inputs, batch.mask.int(), batch.modalities)
+
+
+def test_a_masked_batch_zeroes_and_masks_only_what_it_drops():
+    from structalign_ros.core.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(modalities=("rgb", "wrench", "joints"), image=16, steps=6)
+    batch, _ = world.batch(4, seed=3)
+    keep = torch.ones(4, 3, dtype=torch.bool)
+    keep[1, 0] = keep[2, 2] = False
+    out = batch.masked(keep)
+    assert torch.equal(out.mask, batch.mask & keep) and out.pose is batch.pose
+    assert not out.inputs["rgb"][1].any() and not out.inputs["joints"][2].any()
+    assert out.inputs["rgb"].dtype == batch.inputs["rgb"].dtype
+    for m, name in enumerate(batch.modalities):
+        rows = keep[:, m]
+        assert torch.equal(out.inputs[name][rows], batch.inputs[name][rows])
