@@ -18,8 +18,8 @@ stuck, zero, a 100 ms delay, and for the cameras blackout and occlusion), the fa
 Also the clean run's weight steadiness (std over mean per modality, after the warm-up). Prints a table,
 then one JSON line ``{"clean": {...}, "faults": {MODALITY: {FAULT: {...}}}}``.
 
-What this does not measure: the same over DDS with the simulator node (bench_live, not built), and a
-second robot (no trained model of ``arm6`` is shipped).
+What this does not measure: the same over DDS with the simulator node (bench/bench_live.py does), and
+a second robot (no trained model of ``arm6`` is shipped).
 
     .venv/bin/python bench/bench_health.py            # ~20 min on 2 cores (70 replays)
 """

@@ -19,11 +19,9 @@ def small_config(**sections) -> StructAlignConfig:
         "objective": {"name": "unioma", "tck_members": 4, "gw_iterations": 3, "sinkhorn_iterations": 10},
         # the online trainer at normal priority: SCHED_IDLE starves it on a loaded machine, and the tests
         # wait for its steps (test_online checks the SCHED_IDLE default itself); the guard off, so that
-        # every update of this untrained model is installed (test_online and test_perception check it), and
-        # no online pose-expert refit (test_online checks it), so that an update is one step's work
+        # every update of this untrained model is installed (test_online and test_perception check it)
         "train": {
             "guard_every": 0,
-            "online_head_steps": 0,
             "batch_size": 8,
             "head_steps": 20,
             "min_replay": 8,

@@ -14,6 +14,7 @@ histogram) in the run folder, and one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
@@ -21,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from structalign_ros.commands.play import add_fault_arguments, resolve_fault
-from structalign_ros.core.config import ConfigError, FaultConfig
+from structalign_ros.core.config import ConfigError, FaultConfig, StructAlignConfig
 from structalign_ros.core.dataset import POSE_TOLERANCE_NS
 
 
@@ -174,12 +176,9 @@ def _plots(
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.node import Node
 
-    from structalign_ros.core.config import StructAlignConfig, load_yaml
-    from structalign_ros.ros.graph import graph
-    from structalign_ros.ros.perception_node import NAME
-    from structalign_ros.ros.run import StartError, running
+    from structalign_ros.core.config import load_yaml
+    from structalign_ros.ros.run import StartError
 
     say = (lambda *a: None) if args.json else print
     config = load_yaml(args.config) if args.config else StructAlignConfig()
@@ -193,17 +192,10 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     rclpy.init()
     try:
-        probe = Node("structalign_demo_monitor")
-        monitor = Monitor(probe, config.sim.ee_pose_topic, f"/{NAME}")
-        specs = graph("sim_demo", config)
-        simulator = next(s for s in specs if not s.lifecycle)
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            with running([s for s in specs if s.lifecycle], args.config, extra=[probe]) as nodes:
-                node = nodes[NAME]
-                sim = _start_simulator(
-                    simulator.executable, args.config, folder / "sim.log", fault_parameters(fault)
-                )
+            with demo_graph(config, args.config, folder / "sim.log", fault_parameters(fault)) as demo:
+                node, monitor = demo.node, demo.monitor
                 say(
                     f"running the simulated robot and the suite for {args.seconds:.0f} s "
                     f"(model {node.model_source}, backend {node.pipeline.predictor.backend})"
@@ -221,14 +213,12 @@ def run(args: argparse.Namespace) -> int:
                 report = node.pipeline.report()
                 steps = report["finetune"]["steps"] - before
                 latency = node.pipeline.latency.samples("end_to_end")
-                _stop_simulator(sim)
                 learned = {n: round(v, 4) for n, v in node.pipeline.learned_weights().items()}
         except StartError as exc:
             print(f"structalign demo: {exc}", file=sys.stderr)
             return 1
         errors = monitor.errors()
         written = _plots(folder, monitor, errors, latency, fault, args.fault)
-        probe.destroy_node()
     finally:
         rclpy.try_shutdown()
     p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99)) if len(latency) else (None, None)
@@ -270,8 +260,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_simulator(
-    executable: str, config_file: str | None, log: Path, extra: list[str]
+@dataclasses.dataclass
+class DemoGraph:
+    """The running ``sim_demo`` graph: the perception node (in this process), the monitor, the node it
+    spins on (``probe``, for further clients) and the simulator node's name."""
+
+    node: Any
+    monitor: Monitor
+    probe: Any
+    simulator: str
+
+
+@contextlib.contextmanager
+def demo_graph(
+    config: StructAlignConfig, config_file: str | Path | None, log: Path, sim_args: list[str]
+) -> Iterator[DemoGraph]:
+    """Run the ``sim_demo`` graph on ``config_file`` (None: built-in defaults; ``config`` must be what
+    it holds): the perception node in this process, the simulator as a child process (its output to
+    ``log``, ``sim_args`` its extra ROS arguments). rclpy must be initialised by the caller.
+
+    Raises:
+        StartError: the perception node failed to start.
+    """
+    from rclpy.node import Node
+
+    from structalign_ros.ros.graph import graph
+    from structalign_ros.ros.perception_node import NAME
+    from structalign_ros.ros.run import running
+
+    probe = Node("structalign_demo_monitor")
+    try:
+        monitor = Monitor(probe, config.sim.ee_pose_topic, f"/{NAME}")
+        specs = graph("sim_demo", config)
+        simulator = next(s for s in specs if not s.lifecycle)
+        with running([s for s in specs if s.lifecycle], config_file, extra=[probe]) as nodes:
+            sim = start_simulator(simulator.executable, config_file, log, sim_args)
+            try:
+                yield DemoGraph(nodes[NAME], monitor, probe, simulator.name)
+            finally:
+                stop_simulator(sim)
+    finally:
+        probe.destroy_node()
+
+
+def start_simulator(
+    executable: str, config_file: str | Path | None, log: Path, extra: list[str]
 ) -> subprocess.Popen:
     """The simulated robot as a child process with the same parameter file (and ``extra`` ROS args)."""
     command = [sys.executable, "-m", f"structalign_ros.ros.{executable}", "--ros-args"]
@@ -281,7 +314,7 @@ def _start_simulator(
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _stop_simulator(proc: subprocess.Popen) -> None:
+def stop_simulator(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(20)

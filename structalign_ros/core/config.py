@@ -424,10 +424,6 @@ class TrainConfig:
         head_steps: steps of the last offline stage, the pose experts refitted on frozen features
             (:mod:`core.headfit`); 0 skips it.
         head_lr: its learning rate.
-        online_head_steps: the same stage online: before each offer to the guard, the pose experts
-            are refitted for this many steps on the newest ``online_head_windows`` labelled replay
-            windows (warm-started from the current experts); 0 skips it.
-        online_head_windows: how many of the newest replay windows the online refit uses.
     """
 
     lr: float = 1e-3
@@ -449,16 +445,12 @@ class TrainConfig:
     validate_every: int = 100
     head_steps: int = 4000
     head_lr: float = 2e-3
-    online_head_steps: int = 300
-    online_head_windows: int = 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_augment < 1:
             raise ConfigError(f"noise_augment={self.noise_augment} must be in [0, 1)")
-        if self.validate_every < 0 or self.head_steps < 0 or self.online_head_steps < 0:
-            raise ConfigError("validate_every, head_steps and online_head_steps must be >= 0")
-        if self.online_head_windows < 2:
-            raise ConfigError(f"online_head_windows={self.online_head_windows} must be >= 2")
+        if self.validate_every < 0 or self.head_steps < 0:
+            raise ConfigError("validate_every and head_steps must be >= 0")
         if not self.head_lr > 0:
             raise ConfigError(f"head_lr={self.head_lr} must be > 0")
         if not self.lr > 0:

@@ -57,7 +57,6 @@ from torch import Tensor
 
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
-from structalign_ros.core.headfit import expert_cues, fit_experts
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.runtime import onnx_bytes, resolve_device
@@ -100,10 +99,10 @@ class ReplayBuffer:
         pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
         return self._stack([rows[i] for i in pick])
 
-    def batches(self, size: int, newest: int | None = None) -> list[Batch]:
-        """Every window (or the ``newest`` ones), oldest first, in batches of ``size`` (the last one
-        smaller, but never a single window: contrastive objectives need two)."""
-        rows = list(self._rows)[-newest:] if newest else list(self._rows)
+    def batches(self, size: int) -> list[Batch]:
+        """Every window, oldest first, in batches of ``size`` (the last one smaller, but never a
+        single window: contrastive objectives need two)."""
+        rows = list(self._rows)
         cuts = list(range(0, len(rows), size))
         if len(cuts) > 1 and len(rows) - cuts[-1] < 2:
             cuts.pop()
@@ -138,8 +137,7 @@ class Progress:
     """The trainer's counters after a step or a verdict (sent by the child, kept by the parent).
 
     ``accepted``/``rejected``: updates the guard passed or turned down; ``held_out``: windows it
-    judges on; ``verdict``: the newest judgement in words ("" before the first); ``head_fits``: online
-    pose-expert refits, ``head_fit``: the newest one in words.
+    judges on; ``verdict``: the newest judgement in words ("" before the first).
     """
 
     steps: int = 0
@@ -151,8 +149,6 @@ class Progress:
     rejected: int = 0
     held_out: int = 0
     verdict: str = ""
-    head_fits: int = 0
-    head_fit: str = ""
 
 
 def no_worse(candidate: dict[str, float], serving: dict[str, float]) -> tuple[bool, str]:
@@ -469,7 +465,6 @@ class _Child:
         cfg = self.config.train
         if cfg.guard_every and len(self.holdout) < min(cfg.batch_size, cfg.guard_windows):
             return
-        self.refit_head()
         if cfg.guard_every and not self.judge():
             return
         self.published_at = self.progress.steps
@@ -481,25 +476,6 @@ class _Child:
             snapshot.load_state_dict(state)
             onnx = onnx_bytes(snapshot)
         self.outbox.send(_Weights({k: v.numpy() for k, v in state.items()}, onnx, self.progress.steps))
-
-    def refit_head(self) -> None:
-        """The offline recipe's last stage (:mod:`~.headfit`) on the newest labelled replay windows:
-        end-to-end steps move the features under the pose experts, and the experts' own few gradient
-        steps in them do not keep up. Nothing happens without labelled windows or a pose head."""
-        cfg = self.config.train
-        if not cfg.online_head_steps or self.model.pose_head is None:
-            return
-        started = time.monotonic()
-        try:
-            cues = expert_cues(self.model, self.buffer.batches(cfg.batch_size, cfg.online_head_windows))
-        except ValueError:  # no labelled windows (self-supervised fine-tuning)
-            return
-        seed = cfg.seed + self.progress.steps
-        fit_experts(self.model, cues, cfg.online_head_steps, cfg.head_lr, cfg.noise_augment, seed)
-        self.model.train()
-        p = self.progress
-        p.head_fits += 1
-        p.head_fit = f"{len(cues)} windows, {cfg.online_head_steps} steps, {time.monotonic() - started:.1f} s"
 
     def judge(self) -> bool:
         """The guard's verdict on the current weights against the serving ones; a rejection puts the

@@ -155,7 +155,7 @@ class PerceptionPipeline:
         self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
         self.health = self._new_health(config)
         self._resets_seen = 0
-        self.sent_distrusted = 0  # windows handed to the trainer with a distrusted modality masked
+        self.sent_distrusted = 0  # windows offered to the trainer with a distrusted modality masked
         self._health_version = 0  # the model version the health references were measured on
 
     # -- input --------------------------------------------------------------------------------
@@ -460,8 +460,6 @@ class PerceptionPipeline:
                 "rejected": tuner.progress.rejected if tuner else 0,
                 "held_out": tuner.progress.held_out if tuner else 0,
                 "verdict": tuner.progress.verdict if tuner else "",
-                "head_fits": tuner.progress.head_fits if tuner else 0,
-                "head_fit": tuner.progress.head_fit if tuner else "",
                 "sent": tuner.sent if tuner else 0,
                 "sent_distrusted": self.sent_distrusted,
                 "dropped": tuner.dropped if tuner else 0,

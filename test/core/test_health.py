@@ -200,7 +200,8 @@ def test_the_trainer_gets_a_distrusted_sensor_as_missing(default_episode):
     clean = weights[(t > 9) & (t < 12), 0].mean()
     distrusted = weights[:, 0] < 0.5 * clean  # trust under one half (at least) for the camera
     ft = report["finetune"]
-    assert ft["sent"] >= len(t) - 5 and ft["dropped"] == 0
+    # every window is offered to the trainer (queued, or dropped while its process was starting up)
+    assert ft["sent"] + ft["dropped"] >= len(t) - 5, ft
     assert distrusted[(t > 13.5) & (t < 16)].all()
     assert distrusted.sum() * 0.9 <= ft["sent_distrusted"] <= ((t > 12) & (t < 22)).sum()
 

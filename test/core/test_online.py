@@ -26,7 +26,6 @@ from structalign_ros.core.online import (
 )
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import evaluate
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -50,10 +49,9 @@ def config(backend="torch", **train):
     cfg.objective.name = "pairwise"
     cfg.runtime.backend = backend
     # normal priority: under SCHED_IDLE a loaded machine can starve the trainer past any wait; the guard
-    # and the online pose-expert refit off unless a test asks for them: these tests are about the
-    # transport of every update
+    # off unless a test asks for it: these tests are about the transport of every update
     base = {"batch_size": 16, "min_replay": 16, "replay_capacity": 128, "online_idle_priority": False}
-    cfg.train = TrainConfig(**{**base, "guard_every": 0, "online_head_steps": 0, **train})
+    cfg.train = TrainConfig(**{**base, "guard_every": 0, **train})
     return cfg
 
 
@@ -169,45 +167,6 @@ def test_the_guard_installs_weights_that_are_no_worse(world, child_of):
     assert child.progress.accepted == 1 and child.progress.rejected == 0 and len(weights) == 1
     assert all(torch.equal(torch.from_numpy(weights[0].state[k]), v) for k, v in good.items())
     assert torch.equal(child.serving[0]["pose_head.position.loc"], good["pose_head.position.loc"])
-
-
-def test_an_online_refit_fits_the_pose_experts_to_the_newest_windows(world, child_of):
-    model = make_model(world)
-    child, _ = child_of(model, online_head_steps=200, online_head_windows=64)
-    recent = child.buffer.batches(16, newest=64)
-    assert sum(len(b) for b in recent) == 64
-    before = evaluate(child.model, child.objective, recent)["pose_pos_mm"]
-    encoders = {k: v.clone() for k, v in child.model.state_dict().items() if k.startswith("encoders.")}
-    child.refit_head()
-    after = evaluate(child.model, child.objective, recent)["pose_pos_mm"]
-    assert after < 0.7 * before, (before, after)
-    assert child.progress.head_fits == 1 and child.progress.head_fit.startswith("64 windows, 200 steps")
-    state = child.model.state_dict()
-    assert all(torch.equal(v, state[k]) for k, v in encoders.items())  # only the experts moved
-
-
-def test_an_online_refit_needs_labels(world, child_of):
-    child, _ = child_of(make_model(world), online_head_steps=200)
-    experts = {k: v.clone() for k, v in child.model.state_dict().items() if k.startswith("pose_head.")}
-    child.buffer = ReplayBuffer(128, child.model.modalities)  # self-supervised: windows without poses
-    batch, _ = world.batch(32, seed=5)
-    batch.pose = None
-    child.buffer.add(batch)
-    child.refit_head()
-    state = child.model.state_dict()
-    assert child.progress.head_fits == 0 and all(torch.equal(v, state[k]) for k, v in experts.items())
-
-
-def test_an_offer_refits_then_judges(world, child_of):
-    # the guard judges the refit experts: on held-out windows they beat the untrained ones in use
-    model = make_model(world)
-    child, outbox = child_of(model, guard_every=4, online_head_steps=200)
-    child.step()
-    child.offer()
-    weights = [m for m in outbox.sent if isinstance(m, _Weights)]
-    assert child.progress.head_fits == 1 and child.progress.accepted == 1 and len(weights) == 1
-    state = child.model.state_dict()
-    assert all(torch.equal(torch.from_numpy(v), state[k]) for k, v in weights[0].state.items())
 
 
 @pytest.mark.slow
