@@ -463,13 +463,12 @@ class _Child:
         if self.published_at == self.progress.steps:
             return
         cfg = self.config.train
-        if cfg.guard_every and len(self.holdout) < min(cfg.batch_size, cfg.guard_windows):
-            return
-        if cfg.guard_every and not self.judge():
+        enough = len(self.holdout) >= min(cfg.batch_size, cfg.guard_windows)
+        if cfg.guard_every and not (enough and self.judge()):
             return
         self.published_at = self.progress.steps
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        self.serving = copy.deepcopy((state, self.objective.state_dict()))
+        self.serving = (state, copy.deepcopy(self.objective.state_dict()))  # ``state`` is a copy already
         onnx = None
         if self.config.runtime.backend == "onnx":
             snapshot = MultimodalModel(self.model.specs, self.model.cfg)
