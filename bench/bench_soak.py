@@ -285,6 +285,8 @@ def main() -> int:
         "outputs": outputs,
         "dropped_windows": windows - outputs,
         "finetune_steps": int(final.get("fine-tuning/steps", end.finetune_steps)),
+        # what the counted bad inputs and node events were (a fixed vocabulary: bad.<source>.<code>)
+        "counted": {k.split("/", 1)[1]: v for k, v in final.items() if "/bad." in k},
         "exit_codes": codes,
     }  # fmt: skip
     summary["targets_met"] = bool(
@@ -305,6 +307,7 @@ def main() -> int:
     print(f"fds {base.fds} -> {end.fds}, threads {base.threads} -> {end.threads}, diagnostics "
           f"{base.diag_bytes} -> {end.diag_bytes} B ({base.diag_keys} -> {end.diag_keys} keys)")  # fmt: skip
     print(f"windows {windows}, outputs {outputs}, dropped {windows - outputs}; exit codes {codes}")
+    print(f"counted: {summary['counted']}")
     print(f"wrote {out / 'soak.png'}, {out / 'soak.csv'}")
     print(json.dumps(summary))
     return 0

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from structalign_ros.core.config import ModelConfig, ObjectiveConfig, TrainConfig
+from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
 from structalign_ros.core.export import export_onnx
 from structalign_ros.core.kernels import rbf_kernel
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
@@ -39,8 +39,6 @@ from structalign_ros.core.ot import OTConvergenceWarning, gromov_wasserstein2, g
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import make_optimizer, seed_everything, train_step
-
-OBJECTIVES = ("pairwise", "symile", "gram", "unioma", "mover", "gotma", "otm")
 
 
 def timed_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -51,11 +51,7 @@ from structalign_ros.core.evaluation import contact_labels, object_speed, retrie
 from structalign_ros.core.kernels import InputKernels
 from structalign_ros.core.metrics import linear_probe_accuracy
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.objectives import GRAM, PairwiseInfoNCE, Symile
-from structalign_ros.core.objectives.base import Objective
-from structalign_ros.core.objectives.mover import MOVER
-from structalign_ros.core.objectives.otm import OTM
-from structalign_ros.core.objectives.unioma import UniOMA
+from structalign_ros.core.objectives import GRAM, MOVER, OTM, Objective, PairwiseInfoNCE, UniOMA, build_base
 from structalign_ros.core.ot import OTConvergenceWarning
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.train import seed_everything, train_step
@@ -163,13 +159,9 @@ class ShuffledKernels:
         return out
 
 
-def base_objective(name: str) -> Objective:
-    return {"pairwise": PairwiseInfoNCE, "symile": Symile, "gram": GRAM}[name](0.1)
-
-
 def unioma(base: str, kinds: dict[str, str], shuffled: bool = False, seed: int = 0) -> Objective:
     kernels = InputKernels(kinds, 16, members=10, max_clusters=4, seed=seed)
-    return UniOMA(base_objective(base), ShuffledKernels(kernels, seed) if shuffled else kernels, alpha=1.0)
+    return UniOMA(build_base(base, 0.1), ShuffledKernels(kernels, seed) if shuffled else kernels, alpha=1.0)
 
 
 Transform = Callable[[Batch, torch.Generator], Batch]
@@ -377,7 +369,7 @@ def e1(su: Setup, budget: Budget) -> dict:
         for seed in su.seeds:
             for arm in arms:
                 if arm == "base":
-                    obj = base_objective(base)
+                    obj = build_base(base, 0.1)
                 else:
                     obj = unioma(base, su.kinds, shuffled=arm == "gw_shuffled", seed=seed)
                 model = train_arm(obj, su.train, su.kinds, budget, seed)
@@ -387,7 +379,7 @@ def e1(su: Setup, budget: Budget) -> dict:
     untrained = {"ee_mm": [], "contact_acc": []}
     for seed in su.seeds:  # the initial weights every arm of this seed starts from
         for k, v in downstream(
-            train_arm(base_objective("pairwise"), su.train, su.kinds, Budget(0, 1), seed), su.train, su.test
+            train_arm(build_base("pairwise", 0.1), su.train, su.kinds, Budget(0, 1), seed), su.train, su.test
         ).items():
             untrained[k].append(v)
     print("\nE1  +GW regulariser against each base objective (held-out episodes; mean ± std over seeds)")
@@ -545,7 +537,7 @@ def e4(su: Setup, budget: Budget, modalities: list[str], frac: float) -> dict:
     d = MODEL.embed_dim
     for seed in su.seeds:
         models = {
-            "pairwise": (train_arm(PairwiseInfoNCE(0.1), su.train, su.kinds, budget, seed), None),
+            "pairwise": (train_arm(PairwiseInfoNCE(temperature=0.1), su.train, su.kinds, budget, seed), None),
         }
         otm = OTM(m_, d)
         models["otm"] = (train_arm(otm, su.train, su.kinds, budget, seed), otm)
@@ -571,7 +563,7 @@ def e4(su: Setup, budget: Budget, modalities: list[str], frac: float) -> dict:
             return shuffle_pairs(b, g, frac)
 
         for arm, obj in (
-            ("pairwise", PairwiseInfoNCE(0.1)),
+            ("pairwise", PairwiseInfoNCE(temperature=0.1)),
             ("otm", OTM(m_, d)),
             ("otm_unaligned", OTM(m_, d, aligned=False)),
         ):
@@ -614,7 +606,7 @@ def e5(su: Setup, budget: Budget, fracs: list[float]) -> dict:
             def transform(b, g, f=f):
                 return shuffle_pairs(b, g, f)
 
-            for arm, obj in (("gram", GRAM(0.1)), ("mover", MOVER(paired=False))):
+            for arm, obj in (("gram", GRAM(temperature=0.1)), ("mover", MOVER(paired=False))):
                 model = train_arm(obj, su.train, su.kinds, budget, seed, transform if f > 0 else None)
                 _, z = embed(model, su.test.batch)
                 pairs = retrieval(z, su.test.batch.mask, names, max_windows=RETRIEVAL_WINDOWS)

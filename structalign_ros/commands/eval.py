@@ -224,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     from structalign_ros.core.bags import BagError
     from structalign_ros.core.config import ConfigError, load_yaml
     from structalign_ros.core.evaluation import evaluate
-    from structalign_ros.core.runtime import Predictor, onnx_bytes
+    from structalign_ros.core.export import onnx_bytes
+    from structalign_ros.core.runtime import Predictor
     from structalign_ros.core.train import CheckpointError, load_checkpoint
 
     if args.threads > 0:

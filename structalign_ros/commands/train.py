@@ -32,7 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-OBJECTIVE_CHOICES = ("pairwise", "symile", "gram", "mover", "gotma", "otm")
+from structalign_ros.core.config import OBJECTIVES
+
+# UniOMA is chosen as a base objective plus --gw-regularizer
+OBJECTIVE_CHOICES = tuple(n for n in OBJECTIVES if n != "unioma")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

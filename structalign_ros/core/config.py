@@ -21,9 +21,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from structalign_ros.core.convert import DEPTH_ENCODINGS
+
 MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
 # Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
 FRAME_KINDS = ("image", "depth")
+# Kinds whose values are 2-D grids (pixels, taxels): encoded, and compared in kernels, as images.
+GRID_KINDS = ("image", "depth", "tactile")
 RELIABILITIES = ("best_effort", "reliable")
 # Parameters rclpy declares itself; a parameter file may set them beside the tree.
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -154,7 +158,6 @@ class WindowConfig:
             raise ConfigError(f"reset_s={self.reset_s} must be > reorder_s={self.reorder_s}")
 
 
-DEPTH_ENCODINGS = ("16UC1", "32FC1")
 # Sensor faults the simulator and ``structalign play`` inject (structalign_ros.core.sim.faults).
 FAULT_KINDS = ("none", "noise", "stuck", "bias", "zero", "blackout", "occlude", "delay")
 FRAME_FAULTS = ("blackout", "occlude")  # camera faults: image or depth only
@@ -245,7 +248,7 @@ class SimConfig:
             ``config/sim_arm6.yaml``); the simulator refuses a mismatch.
         width: camera image width in pixels.
         height: camera image height in pixels.
-        depth_encoding: ``16UC1`` (millimetres) or ``32FC1`` (metres).
+        depth_encoding: ``16UC1`` or ``mono16`` (millimetres), or ``32FC1`` (metres).
         taxel_rows: rows of the tactile grid on the contact pad.
         taxel_cols: columns of the tactile grid.
         physics_hz: physics steps per second; every sensor sample is stamped on a physics step.

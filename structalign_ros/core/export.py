@@ -1,4 +1,5 @@
-"""ONNX export of :class:`models.MultimodalModel` with a dynamic batch, and its parity check.
+"""ONNX export of :class:`models.MultimodalModel` with a dynamic batch, to a file or to bytes in
+memory (``runtime.check_parity`` compares the two backends).
 
 Graph inputs are the modalities in batch order (named after them) plus ``mask`` ``(B, M)`` bool;
 outputs are the :class:`models.ModelOutput` fields in order. Every axis but the batch is fixed, so
@@ -52,20 +53,31 @@ def export_onnx(model: MultimodalModel, example: Batch, path: str | Path | io.By
     Args:
         example: a batch with the model's modalities and per-window shapes; any batch size.
     """
-    model = model.eval()
+    training = model.training
+    model.eval()
     names = input_names(model)
     args = (*(example.inputs[n] for n in model.modalities), example.mask)
     dynamic = {n: {0: "batch"} for n in (*names, *OUTPUT_NAMES)}
-    with torch.no_grad():
-        # The TorchScript-based exporter: the dynamo exporter needs onnxscript, a dependency this
-        # small, static graph does not need.
-        torch.onnx.export(
-            _Positional(model),
-            args,
-            path if isinstance(path, io.BytesIO) else str(path),
-            input_names=names,
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    try:
+        with torch.no_grad():
+            # The TorchScript-based exporter: the dynamo exporter needs onnxscript, a dependency this
+            # small, static graph does not need.
+            torch.onnx.export(
+                _Positional(model),
+                args,
+                path if isinstance(path, io.BytesIO) else str(path),
+                input_names=names,
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        model.train(training)  # the caller's model keeps its mode
+
+
+def onnx_bytes(model: MultimodalModel) -> bytes:
+    """``model`` exported to ONNX in memory (dynamic batch)."""
+    buf = io.BytesIO()
+    export_onnx(model, example_batch(model), buf)
+    return buf.getvalue()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from structalign_ros.core.batch import Batch, to_frames
+from structalign_ros.core.config import GRID_KINDS
 
 Array = TypeVar("Array", Tensor, np.ndarray)
 
@@ -288,9 +289,6 @@ def _log_joint(feats: Array, log_w: Array, means: Array, variances: Array) -> Ar
     return log_w - 0.5 * (quad + log_det[..., None, :] + feats.shape[-1] * math.log(2 * math.pi))
 
 
-FRAME_KINDS = ("image", "depth", "tactile")
-
-
 class InputKernels:
     """UniOMA's input kernels ``K_x^m`` for every modality of a batch.
 
@@ -317,7 +315,7 @@ class InputKernels:
         self.series = {
             n: TimeSeriesClusterKernel(members, max_clusters, seed=seed + i)
             for i, (n, k) in enumerate(self.kinds.items())
-            if k not in FRAME_KINDS
+            if k not in GRID_KINDS
         }
 
     def fit(self, batch: Batch) -> None:
@@ -339,7 +337,7 @@ class InputKernels:
         for name in batch.modalities:
             x = batch.inputs[name][rows]
             kind = self.kinds[name]
-            if kind in FRAME_KINDS:
+            if kind in GRID_KINDS:
                 out.append(rbf_kernel(frame_features(to_frames(kind, x), self.image_size)))
             else:
                 out.append(self.series[name](x.flatten(2).float()))

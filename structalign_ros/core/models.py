@@ -23,11 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structalign_ros.core.batch import Batch, to_frames
-from structalign_ros.core.config import ModelConfig
+from structalign_ros.core.config import GRID_KINDS, MODALITY_KINDS, ModelConfig
 from structalign_ros.core.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
-
-FRAME_ENCODED = ("image", "depth", "tactile")
-SERIES_ENCODED = ("wrench", "imu", "joints")
 
 
 @dataclass(frozen=True)
@@ -314,7 +311,7 @@ class MultimodalModel(nn.Module):
 
     def __init__(self, specs: Mapping[str, ModalitySpec], cfg: ModelConfig) -> None:
         super().__init__()
-        unknown = [n for n, s in specs.items() if s.kind not in FRAME_ENCODED + SERIES_ENCODED]
+        unknown = [n for n, s in specs.items() if s.kind not in MODALITY_KINDS]
         if unknown:
             raise ValueError(f"no encoder for modalities {unknown}")
         self.specs = dict(specs)
@@ -322,7 +319,7 @@ class MultimodalModel(nn.Module):
         self.modalities = tuple(specs)
         self.encoders = nn.ModuleDict(
             {
-                n: FrameEncoder(s, cfg) if s.kind in FRAME_ENCODED else SeriesEncoder(s, cfg)
+                n: FrameEncoder(s, cfg) if s.kind in GRID_KINDS else SeriesEncoder(s, cfg)
                 for n, s in specs.items()
             }
         )
@@ -380,3 +377,22 @@ class MultimodalModel(nn.Module):
             experts = self.pose_head.predict_experts(cues)
             pose = self.pose_head.fuse(experts, weights)
         return ModelOutput(z, fused, weights, pose, experts)
+
+
+class IncompatibleWeights(ValueError):
+    """A ``state_dict`` whose keys or shapes differ from the model's."""
+
+
+def check_compatible(model: MultimodalModel, state: Mapping[str, Tensor]) -> None:
+    """Raise :class:`IncompatibleWeights` unless ``state`` has exactly ``model``'s keys and shapes.
+
+    Checked before loading because ``load_state_dict`` copies matching entries before it reports a
+    mismatch, which would leave a half-replaced model.
+    """
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        raise IncompatibleWeights(
+            f"weights do not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, shape {wrong[:3]}"
+        )

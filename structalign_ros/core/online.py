@@ -57,9 +57,10 @@ from torch import Tensor
 
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
+from structalign_ros.core.export import onnx_bytes
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import build_objective
-from structalign_ros.core.runtime import onnx_bytes, resolve_device
+from structalign_ros.core.runtime import resolve_device
 from structalign_ros.core.train import evaluate, make_optimizer, step_options, train_step
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class OnlineTrainer:
     Nothing here waits for training: :meth:`add` drops windows rather than block, and ``publish``
     is called from a receiver thread with a complete :class:`WeightUpdate` (e.g. the pipeline's
     install into :meth:`runtime.Predictor.swap_weights`). The child process is started on the first
-    :meth:`start`, keeps its model, optimiser and replay buffer across :meth:`stop`/:meth:`start`, and
+    :meth:`start`, keeps its model, optimiser and replay buffer across :meth:`pause`/:meth:`start`, and
     ends with :meth:`close`. A child that died (see :attr:`error`) is replaced on the next
     :meth:`start`, starting from the newest weights it had published.
 
@@ -212,7 +213,7 @@ class OnlineTrainer:
         self.publish = publish
         self._specs, self._model_cfg = dict(model.specs), model.cfg
         # what a (re)started child starts from: the newest published weights and their step count
-        self._seed = ({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, 0)
+        self._restart_from = ({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, 0)
         self.progress = Progress()
         self.published = 0
         self.sent = 0  # windows handed to the child
@@ -257,7 +258,7 @@ class OnlineTrainer:
         outbox, child_end = ctx.Pipe(duplex=False)
         for q in (inbox, commands):
             q.cancel_join_thread()  # windows and commands for a child that is gone never delay our exit
-        state, steps = self._seed
+        state, steps = self._restart_from
         process = ctx.Process(
             target=_child_main,
             args=(self._specs, self._model_cfg, state, steps, self.config, inbox, commands, child_end),
@@ -295,7 +296,7 @@ class OnlineTrainer:
         self.running = True
         self._commands.put(("run", None))
 
-    def stop(self, timeout: float = 10.0) -> bool:
+    def pause(self, timeout: float = 10.0) -> bool:
         """Pause after the current step. True once the child has published its newest weights (also when
         it was paused before), False after ``timeout`` seconds or when the child is gone."""
         process = self._process
@@ -319,7 +320,7 @@ class OnlineTrainer:
             self._commands.put(("config", config))
 
     def close(self, timeout: float = 10.0) -> None:
-        """End the child process (after :meth:`stop` if its last weights matter)."""
+        """End the child process (after :meth:`pause` if its last weights matter)."""
         process, self._process = self._process, None
         self.running = False
         if process is None:
@@ -351,7 +352,7 @@ class OnlineTrainer:
                 self.progress = item
                 self._stepped_at = time.monotonic()
             elif isinstance(item, _Weights):
-                self._seed = (item.state, item.steps)
+                self._restart_from = (item.state, item.steps)
                 update = WeightUpdate(
                     {k: torch.from_numpy(v) for k, v in item.state.items()}, item.onnx, item.steps
                 )

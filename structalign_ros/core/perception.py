@@ -349,20 +349,20 @@ class PerceptionPipeline:
         except Exception as exc:  # fine-tuning is optional: inference goes on without it
             self._count(f"online trainer could not start: {type(exc).__name__}: {exc}")
 
-    def stop_finetuning(self) -> None:
+    def pause_finetuning(self) -> None:
         """Pause the online trainer after its current step; its last weights are installed (also those
         of an earlier pause that had not completed yet)."""
-        tuner = self.trainer
-        if tuner is not None and not tuner.stop():
-            reason = f": {tuner.error}" if tuner.error else ""
+        trainer = self.trainer
+        if trainer is not None and not trainer.pause():
+            reason = f": {trainer.error}" if trainer.error else ""
             self._count(f"online trainer did not pause in time{reason}")
 
     def close(self) -> None:
         """End the online trainer's process (the pipeline keeps serving its current weights)."""
-        self.stop_finetuning()
-        tuner, self.trainer = self.trainer, None
-        if tuner is not None:
-            tuner.close()
+        self.pause_finetuning()
+        trainer, self.trainer = self.trainer, None
+        if trainer is not None:
+            trainer.close()
 
     def learned_weights(self) -> dict[str, float]:
         """The global modality weights lambda = softmax(logits) of the weights in use (the newest
@@ -419,10 +419,10 @@ class PerceptionPipeline:
 
     def _stall_warning(self) -> str:
         """Why a running trainer makes no progress ("" when it does, or is not meant to)."""
-        tuner = self.trainer
-        if tuner is None or not tuner.running or tuner.sent < self.config.train.min_replay:
+        trainer = self.trainer
+        if trainer is None or not trainer.running or trainer.sent < self.config.train.min_replay:
             return ""  # off, or still collecting its first min_replay windows
-        idle = tuner.since_step_s
+        idle = trainer.since_step_s
         if idle <= self.config.node.stall_warn_s:
             return ""
         return (
@@ -436,7 +436,7 @@ class PerceptionPipeline:
             stats = self.assembler.stats
             masked, dropped = dict(stats.masked), dict(stats.dropped)
             resets, pending = stats.resets, self.assembler.pending
-        tuner = self.trainer
+        trainer = self.trainer
         errors = np.array(self.pose_errors) if self.pose_errors else np.zeros((0, 2))
         return {
             "windows": self.windows,
@@ -450,21 +450,21 @@ class PerceptionPipeline:
             "events": self.events.snapshot(),
             "latency_ms": self.latency.percentiles(),
             "finetune": {
-                "running": tuner is not None and tuner.running and tuner.alive,
+                "running": trainer is not None and trainer.running and trainer.alive,
                 "steps": self.steps,
-                "skipped": tuner.progress.skipped if tuner else 0,
-                "loss": (tuner.progress.metrics.get("loss") if tuner else None),
-                "lr": (tuner.progress.metrics.get("lr") if tuner else None),
-                "replay": tuner.progress.replay if tuner else 0,
-                "accepted": tuner.progress.accepted if tuner else 0,
-                "rejected": tuner.progress.rejected if tuner else 0,
-                "held_out": tuner.progress.held_out if tuner else 0,
-                "verdict": tuner.progress.verdict if tuner else "",
-                "sent": tuner.sent if tuner else 0,
+                "skipped": trainer.progress.skipped if trainer else 0,
+                "loss": (trainer.progress.metrics.get("loss") if trainer else None),
+                "lr": (trainer.progress.metrics.get("lr") if trainer else None),
+                "replay": trainer.progress.replay if trainer else 0,
+                "accepted": trainer.progress.accepted if trainer else 0,
+                "rejected": trainer.progress.rejected if trainer else 0,
+                "held_out": trainer.progress.held_out if trainer else 0,
+                "verdict": trainer.progress.verdict if trainer else "",
+                "sent": trainer.sent if trainer else 0,
                 "sent_distrusted": self.sent_distrusted,
-                "dropped": tuner.dropped if tuner else 0,
-                "error": tuner.error if tuner else "",
-                "since_step_s": tuner.since_step_s if tuner else 0.0,
+                "dropped": trainer.dropped if trainer else 0,
+                "error": trainer.error if trainer else "",
+                "since_step_s": trainer.since_step_s if trainer else 0.0,
                 "warning": self._stall_warning(),
             },
             "model_version": self.model_version,
@@ -486,8 +486,8 @@ def replay(
     """Feed ``bags`` message by message in bag order, as the live node would receive them, and return
     every output. ``pose_topic``: ground-truth poses fed with :meth:`~PerceptionPipeline.on_ground_truth`
     (their errors then in ``pose_error``); ``alter(kind, msg)``: what to feed instead of each sensor
-    message, e.g. ``functools.partial(fault_message, injector=...)`` (:mod:`.sim.faults`) for the
-    messages a faulty sensor would send.
+    message, e.g. :func:`~.sim.faults.fault_message` for the messages a faulty sensor would send, or
+    None for a message the sensor never sent.
     """
     topics = {m.topic: n for n, m in pipeline.config.modalities.items() if m.enabled}
     outputs: list[WindowOutput] = []
@@ -496,7 +496,7 @@ def replay(
             pipeline.on_ground_truth(msg)
             continue
         name = topics[topic]
-        if alter is not None:
-            msg = alter(pipeline.config.modalities[name].kind, msg)
+        if alter is not None and (msg := alter(pipeline.config.modalities[name].kind, msg)) is None:
+            continue
         outputs += pipeline.on_message(name, msg)
     return outputs

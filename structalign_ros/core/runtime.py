@@ -9,7 +9,6 @@ falls back to CPU when a CUDA or TensorRT library is missing) are logged and kep
 from __future__ import annotations
 
 import copy
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from torch import Tensor
 
 from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import RuntimeConfig
-from structalign_ros.core.models import ModelOutput, MultimodalModel
+from structalign_ros.core.export import onnx_bytes
+from structalign_ros.core.models import ModelOutput, MultimodalModel, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Predictor:
         session: Any,
         device: torch.device,
         provider_spec: str = "auto",
-        threads: int = 2,
+        threads: int = RuntimeConfig.threads,
     ) -> None:
         self.backend = backend
         self._model = model
@@ -80,7 +80,7 @@ class Predictor:
         cls,
         onnx_model: str | Path | bytes,
         providers: str = "auto",
-        threads: int = 2,
+        threads: int = RuntimeConfig.threads,
         template: MultimodalModel | None = None,
     ) -> Predictor:
         """The ONNX Runtime backend on an exported file or its bytes.
@@ -132,11 +132,9 @@ class Predictor:
                 process, so that this call only builds a session); exported here when None.
 
         Raises:
-            train.CheckpointError: ``state`` does not fit the model; the current weights stay.
+            models.IncompatibleWeights: ``state`` does not fit the model; the current weights stay.
             RuntimeError: an ONNX predictor built without a ``template``.
         """
-        from structalign_ros.core.train import check_compatible
-
         if self._model is None:
             raise RuntimeError("this ONNX predictor has no torch template to load weights into")
         check_compatible(self._model, state)
@@ -148,15 +146,6 @@ class Predictor:
             self._session = _make_session(source, self._provider_spec, self._threads)
         self._model = fresh
         self.swaps += 1
-
-
-def onnx_bytes(model: MultimodalModel) -> bytes:
-    """``model`` exported to ONNX in memory (dynamic batch)."""
-    from structalign_ros.core.export import example_batch, export_onnx
-
-    buf = io.BytesIO()
-    export_onnx(model.eval(), example_batch(model), buf)
-    return buf.getvalue()
 
 
 def resolve_device(spec: str) -> torch.device:

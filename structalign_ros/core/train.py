@@ -24,7 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 import structalign_ros
 from structalign_ros.core.batch import Batch, add_noise, channel_std
 from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig, from_dict, to_dict
-from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel, PoseHead
+from structalign_ros.core.models import (
+    IncompatibleWeights,
+    ModalitySpec,
+    ModelOutput,
+    MultimodalModel,
+    PoseHead,
+    check_compatible,
+)
 from structalign_ros.core.objectives import Objective, pose_loss
 
 log = logging.getLogger(__name__)
@@ -299,21 +306,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: incomplete or invalid checkpoint ({exc})") from exc
 
 
-def check_compatible(model: MultimodalModel, state: dict[str, Tensor]) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` has exactly ``model``'s keys and shapes.
-
-    Checked before loading because ``load_state_dict`` copies matching entries before it reports a
-    mismatch, which would leave a half-replaced model.
-    """
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or extra or wrong:
-        raise CheckpointError(
-            f"weights do not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, shape {wrong[:3]}"
-        )
-
-
 class _Tied(nn.Module):
     """The model and the objective as one module, for DistributedDataParallel.
 
@@ -427,7 +419,10 @@ class Trainer:
         """
         if state.get("format") != RESUME_FORMAT:
             raise CheckpointError(f"resume state format {state.get('format')!r}, expected {RESUME_FORMAT}")
-        check_compatible(self.model, state["model"])
+        try:
+            check_compatible(self.model, state["model"])
+        except IncompatibleWeights as exc:
+            raise CheckpointError(f"resume state: {exc}") from exc
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])

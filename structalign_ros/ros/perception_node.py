@@ -262,7 +262,7 @@ class PerceptionNode(LifecycleNode):
             self._worker.join(10.0)
             self._worker = None
         if self.pipeline is not None:
-            self.pipeline.stop_finetuning()
+            self.pipeline.pause_finetuning()
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.active = self.live.running = False
@@ -434,7 +434,7 @@ class PerceptionNode(LifecycleNode):
             if config.node.finetune:
                 pipeline.start_finetuning()
             else:
-                pipeline.stop_finetuning()
+                pipeline.pause_finetuning()
 
 
 def autostart(node: PerceptionNode) -> bool:

@@ -4,15 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structalign_ros.core.config import ModelConfig, ObjectiveConfig, TrainConfig
+from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
 from structalign_ros.core.kernels import InputKernels, rbf_kernel
 from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
 from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
 from structalign_ros.core.objectives import (
+    BUILDERS,
     GOTMA,
     GRAM,
     MOVER,
     OTM,
+    Objective,
     PairwiseInfoNCE,
     Symile,
     UniOMA,
@@ -25,7 +27,7 @@ from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import make_optimizer, seed_everything, train_step
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
-BASE = [PairwiseInfoNCE(0.1), Symile(0.1), GRAM(0.1)]
+BASE = [PairwiseInfoNCE(temperature=0.1), Symile(temperature=0.1), GRAM(temperature=0.1)]
 IDS = ["pairwise", "symile", "gram"]
 
 
@@ -56,8 +58,8 @@ def test_multilinear_inner_product_of_two_is_the_dot_product():
 def test_symile_with_two_modalities_equals_pairwise_infonce():
     z = aligned(m=2, noise=0.5)
     mask = _Masked(torch.ones(32, 2, dtype=torch.bool))
-    sym = Symile(0.2)(outputs(z), mask, torch.ones(2) / 2).loss
-    pair = PairwiseInfoNCE(0.2)(outputs(z), mask, torch.ones(2) / 2).loss
+    sym = Symile(temperature=0.2)(outputs(z), mask, torch.ones(2) / 2).loss
+    pair = PairwiseInfoNCE(temperature=0.2)(outputs(z), mask, torch.ones(2) / 2).loss
     assert torch.isclose(sym, pair, atol=1e-5)
 
 
@@ -140,6 +142,18 @@ def test_build_objective_configures_each_method():
     assert isinstance(otm, OTM) and len(otm.decoders) == 2
 
 
+def test_every_configurable_objective_has_exactly_one_builder():
+    assert set(BUILDERS) == set(OBJECTIVES)
+    kinds = {"rgb": "image", "imu": "imu"}
+    for name in OBJECTIVES:
+        cfg = ObjectiveConfig(name=name, temperature=0.3)
+        objective = build_objective(cfg, kinds, 16)
+        assert isinstance(objective, Objective)
+        contrastive = getattr(objective, "base", getattr(objective, "contrastive", objective))
+        if hasattr(contrastive, "temperature"):
+            assert contrastive.temperature == 0.3, name  # the config's value reached the method
+
+
 @pytest.fixture(scope="module")
 def world():
     return SyntheticWorld(image=16, steps=12)
@@ -202,7 +216,7 @@ def test_recall_at_k_counts_the_paired_item():
 
 def unioma(world, alpha=1.0, lambda_entropy=0.01):
     kernels = InputKernels(world.kinds, image_size=8, members=10, max_clusters=4)
-    return UniOMA(PairwiseInfoNCE(0.2), kernels, alpha=alpha, lambda_entropy=lambda_entropy)
+    return UniOMA(PairwiseInfoNCE(temperature=0.2), kernels, alpha=alpha, lambda_entropy=lambda_entropy)
 
 
 def test_unioma_terms_match_pot_and_reach_lambda_and_every_encoder(world):

@@ -178,7 +178,7 @@ def test_a_trainer_whose_updates_are_worse_never_publishes_them(world):
         for s in range(4):
             trainer.add(world.batch(16, seed=800 + s)[0])
         assert wait_for(lambda: trainer.progress.rejected >= 2), trainer.error
-        assert trainer.stop()
+        assert trainer.pause()
     finally:
         trainer.close()
     assert not updates and trainer.published == 0 and trainer.progress.accepted == 0
@@ -217,7 +217,7 @@ def test_weights_trained_in_the_child_are_swapped_into_a_serving_predictor(world
         for s in range(8):
             trainer.add(world.batch(16, seed=100 + s)[0])
         assert wait_for(lambda: predictor.swaps >= 2), trainer.error
-        assert trainer.stop()  # paused, and the newest weights were published before it returned
+        assert trainer.pause()  # paused, and the newest weights were published before it returned
     finally:
         stop.set()
         server.join()
@@ -244,7 +244,7 @@ def test_pause_keeps_the_trainer_and_resume_continues(world):
         for s in range(4):
             trainer.add(world.batch(16, seed=200 + s)[0])
         assert wait_for(lambda: trainer.progress.steps >= 2), trainer.error
-        assert trainer.stop()
+        assert trainer.pause()
         paused_at = trainer.progress.steps
         assert [u.steps for u in updates] == [paused_at]  # the period is long: only the pause published
         trainer.add(world.batch(16, seed=300)[0])  # ignored while paused
@@ -254,7 +254,7 @@ def test_pause_keeps_the_trainer_and_resume_continues(world):
         trainer.update_config(config(swap_period_s=60.0, lr=0.0123))  # a live parameter change
         trainer.start()  # same process, same replay buffer: training goes straight on
         assert wait_for(lambda: trainer.progress.steps >= paused_at + 2), trainer.error
-        assert trainer.stop()
+        assert trainer.pause()
         assert updates[-1].steps == trainer.progress.steps > paused_at
         assert trainer.progress.metrics["lr"] == 0.0123
     finally:
@@ -273,7 +273,7 @@ def test_non_finite_windows_skip_steps_and_keep_the_weights(world):
             batch.inputs["wrench"][:, 0, 0] = float("nan")
             trainer.add(batch)
         assert wait_for(lambda: trainer.progress.steps >= 3), trainer.error
-        assert trainer.stop()
+        assert trainer.pause()
     finally:
         trainer.close()
     assert trainer.progress.skipped == trainer.progress.steps
@@ -291,7 +291,7 @@ def test_a_trainer_that_cannot_start_reports_why_and_publishes_nothing(world):
         bad.start()
         assert wait_for(lambda: bool(bad.error))
         assert "the trainer failed" in bad.error
-        assert not bad.stop(timeout=5.0)
+        assert not bad.pause(timeout=5.0)
     finally:
         bad.close()
     assert not updates
@@ -363,14 +363,14 @@ def test_a_killed_trainer_is_reported_and_restarts_from_its_last_weights(world):
         first = trainer._process.pid
         os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: "exited with code -9" in trainer.error, 10)
-        assert not trainer.stop(timeout=2.0)  # no newest weights to wait for: it is gone
+        assert not trainer.pause(timeout=2.0)  # no newest weights to wait for: it is gone
         published = updates[-1].steps
         trainer.start()  # a new process, from the newest weights it had published
         assert trainer._process.pid != first and not trainer.error
         assert trainer.progress.steps == published
         trainer.add(world.batch(32, seed=501)[0])
         assert wait_for(lambda: updates[-1].steps > published), trainer.error
-        assert trainer.stop()
+        assert trainer.pause()
     finally:
         trainer.close()
 

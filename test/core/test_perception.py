@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from structalign_ros.core.bags import iter_messages
+from structalign_ros.core import perception
 from structalign_ros.core.config import from_dict, to_dict
 from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, check_model
 from structalign_ros.core.train import load_checkpoint
 
 
-def replay(pipeline, world, skip=lambda name, msg: False, truth=True):
-    """Feed the episode in bag order (with its ground-truth poses when ``truth``); returns the outputs."""
-    topics = {m.topic: n for n, m in world.config.modalities.items() if m.enabled}
-    gt = world.config.sim.ee_pose_topic
-    outputs = []
-    for topic, _, msg in iter_messages([world.bag], [*topics, gt]):
-        if topic == gt:
-            if truth:
-                pipeline.on_ground_truth(msg)
-        elif not skip(topics[topic], msg):
-            outputs += pipeline.on_message(topics[topic], msg)
-    return outputs
+def replay(pipeline, world, alter=None, truth=True):
+    """The episode fed in bag order (with its ground-truth poses when ``truth``); returns the outputs."""
+    return perception.replay(pipeline, [world.bag], world.config.sim.ee_pose_topic if truth else "", alter)
 
 
 @pytest.fixture
@@ -57,16 +48,16 @@ def test_every_window_gets_an_output_stamped_with_its_pivot(pipeline, small_worl
 def test_malformed_messages_are_counted_and_dropped(pipeline, small_world):
     seen = Counter()
 
-    def corrupt(name, msg):
+    def corrupt(kind, msg):
         # every 50th wrench gets a NaN, every 10th camera frame a wrong encoding, one IMU a zero stamp
-        seen[name] += 1
-        if name == "wrench" and seen[name] % 50 == 0:
+        seen[kind] += 1
+        if kind == "wrench" and seen[kind] % 50 == 0:
             msg.wrench.force.x = float("nan")
-        if name == "rgb" and seen[name] % 10 == 3:
+        if kind == "image" and seen[kind] % 10 == 3:
             msg.encoding = "yuv422"
-        if name == "imu" and seen[name] == 7:
+        if kind == "imu" and seen[kind] == 7:
             msg.header.stamp.sec, msg.header.stamp.nanosec = 0, 0
-        return False
+        return msg
 
     outputs = replay(pipeline, small_world, corrupt)
     events = pipeline.report()["events"]
@@ -74,17 +65,17 @@ def test_malformed_messages_are_counted_and_dropped(pipeline, small_world):
     assert any(k.startswith("imu: stamp is zero") for k in events)
     assert events[
         "rgb: camera image encoding 'yuv422' is not one of ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')"
-    ] == seen["rgb"] // 10 + (seen["rgb"] % 10 >= 3)
+    ] == seen["image"] // 10 + (seen["image"] % 10 >= 3)
     assert len(outputs) > 50  # the node carries on
 
 
 def test_a_silent_sensor_is_masked_and_recovers(pipeline, small_world):
     stamps = {}
 
-    def silence_wrench(name, msg):
+    def silence_wrench(kind, msg):
         t = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         stamps.setdefault("t0", t)
-        return name == "wrench" and 1.0 <= t - stamps["t0"] < 2.0
+        return None if kind == "wrench" and 1.0 <= t - stamps["t0"] < 2.0 else msg
 
     outputs = replay(pipeline, small_world, silence_wrench)
     col = outputs[0].modalities.index("wrench")
@@ -142,12 +133,12 @@ def test_camera_and_depth_frames_of_another_size_are_resized_to_the_model(pipeli
     from structalign_ros.core.convert import image_pixels, stamp_ns
     from structalign_ros.core.train import load_checkpoint as load
 
-    def doubled(name, msg):
-        if name in ("rgb", "depth"):
+    def doubled(kind, msg):
+        if kind in ("image", "depth"):
             big = image_pixels(msg).repeat(2, axis=0).repeat(2, axis=1)
             new = image_msg(stamp_ns(msg.header), msg.header.frame_id, big, msg.encoding)
             msg.height, msg.width, msg.step, msg.data = new.height, new.width, new.step, new.data
-        return False
+        return msg
 
     reference = replay(pipeline, small_world)
     resized = replay(
@@ -177,7 +168,7 @@ def test_with_a_ground_truth_topic_only_labelled_windows_reach_the_trainer(small
     try:
         # no ground truth arrived: every window is unlabelled, and one unlabelled row in a sampled batch
         # would switch the pose loss off for the whole step
-        unlabelled = replay(pipeline, small_world, skip=lambda name, msg: False, truth=False)
+        unlabelled = replay(pipeline, small_world, truth=False)
         assert unlabelled and pipeline.report()["finetune"]["sent"] == 0
         labelled = replay(pipeline, small_world)
         assert labelled and pipeline.report()["finetune"]["sent"] >= len(labelled) - 5
@@ -214,7 +205,7 @@ def test_a_starved_trainer_is_reported_and_the_report_clears_when_it_steps_again
         assert stalled["running"] and not stalled["error"]
         os.kill(child, signal.SIGCONT)
         assert wait_for(lambda: finetune()["steps"] > stalled["steps"] and finetune()["warning"] == "")
-        pipeline.stop_finetuning()
+        pipeline.pause_finetuning()
         assert finetune()["since_step_s"] == 0.0 and finetune()["warning"] == ""  # paused: not a stall
     finally:
         os.kill(child, signal.SIGCONT)

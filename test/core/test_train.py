@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import IncompatibleWeights, ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
@@ -114,6 +114,6 @@ def test_corrupt_or_foreign_checkpoint_gives_a_clear_error_and_keeps_the_previou
     batch, _ = world.batch(4, seed=6)
     before = predictor(batch)
     wider = make_model(world, ModelConfig(embed_dim=16, width=16, image_size=16))
-    with pytest.raises(CheckpointError, match="do not fit"):
+    with pytest.raises(IncompatibleWeights, match="do not fit"):
         predictor.swap_weights(wider.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(before, predictor(batch), strict=True))

@@ -10,19 +10,10 @@ import sys
 
 import numpy as np
 
-from structalign_ros.core.bags import iter_messages
 from structalign_ros.core.config import from_dict, save_yaml, to_dict
-from structalign_ros.core.perception import PerceptionPipeline
+from structalign_ros.core.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.train import load_checkpoint
-
-
-def replay(pipeline, config, bag):
-    topics = {m.topic: n for n, m in config.modalities.items() if m.enabled}
-    outputs = []
-    for topic, _, msg in iter_messages([bag], topics):
-        outputs += pipeline.on_message(topics[topic], msg)
-    return outputs
 
 
 def test_a_model_trained_from_bags_runs_live_on_onnx_runtime(small_world, tmp_path):
@@ -69,8 +60,8 @@ def test_a_model_trained_from_bags_runs_live_on_onnx_runtime(small_world, tmp_pa
     torch_cfg = from_dict(data)
     data["runtime"].update({"backend": "onnx", "onnx_path": str(run / "model.onnx")})
     onnx_cfg = from_dict(data)
-    live_torch = replay(PerceptionPipeline(torch_cfg, checkpoint, warn=lambda m: None), torch_cfg, second)
-    live_onnx = replay(PerceptionPipeline(onnx_cfg, checkpoint, warn=lambda m: None), onnx_cfg, second)
+    live_torch = replay(PerceptionPipeline(torch_cfg, checkpoint, warn=lambda m: None), [second])
+    live_onnx = replay(PerceptionPipeline(onnx_cfg, checkpoint, warn=lambda m: None), [second])
     assert len(live_onnx) == len(live_torch) > 30
     for a, b in zip(live_torch, live_onnx, strict=True):
         assert a.stamp_ns == b.stamp_ns

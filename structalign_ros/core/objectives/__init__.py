@@ -20,26 +20,36 @@ from structalign_ros.core.objectives.symile import Symile
 from structalign_ros.core.objectives.unioma import UniOMA
 
 __all__ = [
+    "BUILDERS",
+    "GOTMA",
     "GRAM",
+    "MOVER",
+    "OTM",
     "Objective",
     "ObjectiveResult",
     "PairwiseInfoNCE",
     "Symile",
+    "UniOMA",
+    "build_base",
     "build_objective",
     "pose_loss",
 ]
 
-_BASE: dict[str, Callable[[ObjectiveConfig], Objective]] = {
-    "pairwise": lambda cfg: PairwiseInfoNCE(cfg.temperature),
-    "symile": lambda cfg: Symile(cfg.temperature),
-    "gram": lambda cfg: GRAM(cfg.temperature),
-}
+# name -> objective, from (config section, modality name -> kind in batch order, the model's d)
+Builder = Callable[[ObjectiveConfig, Mapping[str, str], int], Objective]
+
+_BASES: dict[str, Callable[..., Objective]] = {"pairwise": PairwiseInfoNCE, "symile": Symile, "gram": GRAM}
 
 
-def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
+def build_base(name: str, temperature: float) -> Objective:
+    """The contrastive objective ``name`` (one of ``config.BASE_OBJECTIVES``), UniOMA's base."""
+    return _BASES[name](temperature=temperature)
+
+
+def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: int) -> Objective:
     kernels = InputKernels(dict(kinds), cfg.kernel_image_size, cfg.tck_members, cfg.tck_max_clusters)
     return UniOMA(
-        _BASE[cfg.base](cfg),
+        build_base(cfg.base, cfg.temperature),
         kernels,
         alpha=cfg.alpha,
         epsilon=cfg.epsilon,
@@ -49,6 +59,35 @@ def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str]) -> Objective:
     )
 
 
+def _otm(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: int) -> Objective:
+    return OTM(
+        len(kinds),
+        embed_dim,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        epsilon=cfg.epsilon,
+        gw_iterations=cfg.gw_iterations,
+        sinkhorn_iterations=cfg.sinkhorn_iterations,
+        aligned=cfg.otm_aligned,
+    )
+
+
+# One builder for every name of ``config.OBJECTIVES`` (test_objectives checks the two agree).
+BUILDERS: dict[str, Builder] = {
+    **{name: (lambda cfg, kinds, d, name=name: build_base(name, cfg.temperature)) for name in _BASES},
+    "unioma": _unioma,
+    "mover": lambda cfg, kinds, d: MOVER(temperature=cfg.temperature, epsilon=cfg.epsilon, alpha=cfg.alpha),
+    "gotma": lambda cfg, kinds, d: GOTMA(
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        epsilon=cfg.epsilon,
+        gw_iterations=cfg.gw_iterations,
+        sinkhorn_iterations=cfg.sinkhorn_iterations,
+    ),
+    "otm": _otm,
+}
+
+
 def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: int) -> Objective:
     """The objective named by ``cfg.name``, configured from ``cfg``.
 
@@ -56,21 +95,4 @@ def build_objective(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: i
         kinds: modality name -> kind in batch order (``MultimodalModel.specs``), for input kernels.
         embed_dim: the model's ``d``, for objectives with their own layers (OTM's decoders).
     """
-    if cfg.name in _BASE:
-        return _BASE[cfg.name](cfg)
-    if cfg.name == "unioma":
-        return _unioma(cfg, kinds)
-    if cfg.name == "mover":
-        return MOVER(cfg.temperature, cfg.epsilon, cfg.alpha)
-    if cfg.name == "gotma":
-        return GOTMA(cfg.temperature, cfg.alpha, cfg.epsilon, cfg.gw_iterations, cfg.sinkhorn_iterations)
-    return OTM(
-        len(kinds),
-        embed_dim,
-        cfg.temperature,
-        cfg.alpha,
-        epsilon=cfg.epsilon,
-        gw_iterations=cfg.gw_iterations,
-        sinkhorn_iterations=cfg.sinkhorn_iterations,
-        aligned=cfg.otm_aligned,
-    )
+    return BUILDERS[cfg.name](cfg, kinds, embed_dim)

@@ -44,6 +44,7 @@ class GOTMA(Objective):
 
     def __init__(
         self,
+        *,
         temperature: float = 0.1,
         alpha: float = 1.0,
         epsilon: float = 0.05,
@@ -53,7 +54,7 @@ class GOTMA(Objective):
         min_windows: int = 8,
     ) -> None:
         super().__init__()
-        self.contrastive = PairwiseInfoNCE(temperature)
+        self.contrastive = PairwiseInfoNCE(temperature=temperature)
         self.alpha = alpha
         self.epsilon = epsilon
         self.budget = {"max_iter": gw_iterations, "inner_max_iter": sinkhorn_iterations}

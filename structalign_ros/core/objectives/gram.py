@@ -62,7 +62,7 @@ class GRAM(Objective):
         anchor: index of the anchor modality.
     """
 
-    def __init__(self, temperature: float = 0.1, anchor: int = 0) -> None:
+    def __init__(self, *, temperature: float = 0.1, anchor: int = 0) -> None:
         super().__init__()
         self.temperature = temperature
         self.anchor = anchor

@@ -57,6 +57,7 @@ class MOVER(Objective):
 
     def __init__(
         self,
+        *,
         temperature: float = 0.1,
         epsilon: float = 0.05,
         alpha: float = 1.0,

@@ -75,6 +75,7 @@ class OTM(Objective):
         self,
         modalities: int,
         dim: int,
+        *,
         temperature: float = 0.1,
         alpha: float = 1.0,
         structure_weight: float = 0.5,
@@ -88,7 +89,7 @@ class OTM(Objective):
         contrastive: float = 1.0,
     ) -> None:
         super().__init__()
-        self.contrastive = PairwiseInfoNCE(temperature)
+        self.contrastive = PairwiseInfoNCE(temperature=temperature)
         self.decoders = nn.ModuleList(
             nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim)) for _ in range(modalities)
         )

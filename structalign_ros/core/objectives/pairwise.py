@@ -19,7 +19,7 @@ class PairwiseInfoNCE(Objective):
         temperature: softmax temperature on cosine similarities.
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, *, temperature: float = 0.1) -> None:
         super().__init__()
         self.temperature = temperature
 

@@ -34,7 +34,7 @@ class Symile(Objective):
         temperature: softmax temperature.
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, *, temperature: float = 0.1) -> None:
         super().__init__()
         self.temperature = temperature
 

@@ -56,6 +56,7 @@ class UniOMA(Objective):
         self,
         base: Objective,
         kernels: InputKernels,
+        *,
         alpha: float = 1.0,
         epsilon: float = 0.05,
         gw_iterations: int = 10,
