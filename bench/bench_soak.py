@@ -65,6 +65,7 @@ class Sample:
     windows: int
     outputs: int
     finetune_steps: int
+    accepted: int  # fine-tuned weights the guard let through (each one a new inference session)
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -221,7 +222,7 @@ def main() -> int:
                 time.sleep(0.1)  # configured, active, reporting
             start = time.monotonic()
             print(f"{'t s':>6} {'RSS MiB':>8} {'trainer':>8} {'fds':>5} {'thr':>4} {'diag B':>7} "
-                  f"{'keys':>5} {'windows':>8} {'outputs':>8} {'steps':>6}")  # fmt: skip
+                  f"{'keys':>5} {'windows':>8} {'outputs':>8} {'steps':>6} {'acc':>4}")  # fmt: skip
             while (elapsed := time.monotonic() - start) < args.minutes * 60 and node.poll() is None:
                 size, keys, flat = watch.values()
                 trainer = sum(_rss_mb(k) for k in _children(node.pid))
@@ -236,11 +237,12 @@ def main() -> int:
                     int(flat.get("windows/windows", 0)),
                     int(flat.get("windows/outputs", 0)),
                     int(flat.get("fine-tuning/steps", 0)),
+                    int(flat.get("fine-tuning/accepted", 0)),
                 )
                 samples.append(s)
                 row = (f"{s.t_s:>6.0f} {s.rss_mb:>8.1f} {s.trainer_rss_mb:>8.1f} {s.fds:>5} {s.threads:>4} "
                        f"{s.diag_bytes:>7} {s.diag_keys:>5} {s.windows:>8} {s.outputs:>8} ")  # fmt: skip
-                print(row + f"{s.finetune_steps:>6}", flush=True)
+                print(row + f"{s.finetune_steps:>6} {s.accepted:>4}", flush=True)
                 time.sleep(max(0.0, args.interval - (time.monotonic() - start - elapsed)))
             codes = {"sim_node": _stop(sim)}
             time.sleep(args.drain)
@@ -285,6 +287,7 @@ def main() -> int:
         "outputs": outputs,
         "dropped_windows": windows - outputs,
         "finetune_steps": int(final.get("fine-tuning/steps", end.finetune_steps)),
+        "accepted": int(final.get("fine-tuning/accepted", end.accepted)),
         # what the counted bad inputs and node events were (a fixed vocabulary: bad.<source>.<code>)
         "counted": {k.split("/", 1)[1]: v for k, v in final.items() if "/bad." in k},
         "exit_codes": codes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -768,9 +769,14 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+# The end of a docstring entry's first sentence ("e.g." and "i.e." do not end one).
+_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(0-9])")
+
+
 def describe(config: StructAlignConfig) -> dict[str, str]:
-    """Dotted parameter name -> its description (from the dataclass docstrings), for every leaf of
-    ``config``: the text ROS parameter descriptors and ``structalign config`` show."""
+    """Dotted parameter name -> its description, for every leaf of ``config``: the text ROS parameter
+    descriptors and ``structalign config`` show. The first sentence of the field's entry in its
+    dataclass docstring: the why and the measurements behind a default stay in the source."""
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -784,7 +790,8 @@ def describe(config: StructAlignConfig) -> dict[str, str]:
                 for key, item in value.items():
                     walk(item, f"{name}.{key}.")
             else:
-                out[name] = docs.get(f.name, "")
+                text = _SENTENCE_END.split(docs.get(f.name, ""), maxsplit=1)[0].rstrip(".")
+                out[name] = f"{text}." if text else ""
 
     walk(config, "")
     return out

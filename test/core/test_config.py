@@ -3,6 +3,7 @@ import pytest
 from structalign_ros.core.config import (
     ConfigError,
     StructAlignConfig,
+    describe,
     flatten,
     from_dict,
     load_yaml,
@@ -50,3 +51,15 @@ def test_bad_values_name_their_path(data, fragment):
     with pytest.raises(ConfigError) as err:
         from_dict(data)
     assert fragment in str(err.value)
+
+
+def test_every_parameter_has_a_short_description_without_benchmark_anecdotes():
+    docs = describe(StructAlignConfig())
+    assert docs and all(docs.values()), [k for k, v in docs.items() if not v]
+    for name, text in docs.items():
+        assert len(text) <= 400 and text.endswith("."), name
+        assert "bench" not in text and "BENCHMARKS" not in text, name  # the why stays in the source
+    # the first sentence, cut at a sentence end and not at "e.g."
+    assert docs["window.reorder_s"] == (
+        "samples arriving out of order by up to this much are sorted in; older ones are dropped and counted."
+    )
