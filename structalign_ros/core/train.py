@@ -114,6 +114,10 @@ def evaluate(model: Any, objective: Objective, batches: Iterable[Batch]) -> dict
     Batch means weighted by windows: ``loss`` (the objective's, without the pose term), the
     objective's own metrics and, for labelled batches, ``pose_pos_mae`` (m), ``pose_pos_mm`` and
     ``pose_rot_deg`` of the fused pose.
+
+    Raises:
+        ValueError: a batch whose modalities are not the model's, in its order (see
+            :func:`check_modalities`).
     """
     modes = model.training, objective.training
     model.eval()
@@ -124,6 +128,7 @@ def evaluate(model: Any, objective: Objective, batches: Iterable[Batch]) -> dict
     counts: collections.Counter[str] = collections.Counter()
     try:
         for batch in batches:
+            check_modalities(model, batch)
             batch = batch.to(device)
             out = model(batch.inputs, batch.mask)
             result = objective(out, batch, model.lambdas)

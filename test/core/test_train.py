@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 
+from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
 from structalign_ros.core.models import IncompatibleWeights, ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE
@@ -13,6 +14,7 @@ from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import (
     CheckpointError,
     Trainer,
+    evaluate,
     load_checkpoint,
     make_optimizer,
     save_checkpoint,
@@ -55,6 +57,24 @@ def test_non_finite_step_is_skipped_and_weights_kept(world):
     assert all(p.grad is None for p in model.parameters())
     batch.inputs["wrench"][3, 0, 0] = 0.0
     assert train_step(model, batch, opt, objective)["skipped"] == 0.0
+
+
+def test_a_batch_in_another_modality_order_is_refused_for_training_and_evaluation(world):
+    # the model reads mask columns by position: swapped columns would silently mean other sensors
+    model = make_model(world)
+    objective = PairwiseInfoNCE()
+    opt = make_optimizer(model, objective, TrainConfig())
+    batch, _ = world.batch(8, seed=2)
+    order = ("wrench", "rgb", "imu")
+    columns = [batch.modalities.index(m) for m in order]
+    swapped = Batch({m: batch.inputs[m] for m in order}, batch.mask[:, columns], order)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="do not match the model"):
+        train_step(model, swapped, opt, objective)
+    with pytest.raises(ValueError, match="do not match the model"):
+        evaluate(model, objective, [swapped])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert evaluate(model, objective, [batch])["loss"] > 0  # the model's own order is accepted
 
 
 def test_seeded_steps_are_reproducible(world):
