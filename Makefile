@@ -53,6 +53,7 @@ model: setup
 	$(BIN)/structalign train --bags $(MODEL_SEEDS:%=$(MODEL_DIR)/ep%) --out $(MODEL_DIR)/run
 	install -m 644 $(MODEL_DIR)/run/model.pt models/sim_default.pt
 	install -m 644 $(MODEL_DIR)/run/model.onnx models/sim_default.onnx
+	$(BIN)/python tools/golden.py --model models/sim_default.pt --bag $(MODEL_DIR)/ep107 --out models/sim_default.golden.npz
 	$(BIN)/structalign eval --bags $(MODEL_DIR)/ep107 --train-bags $(MODEL_SEEDS:%=$(MODEL_DIR)/ep%) \
 	  --model models/sim_default.pt --out $(MODEL_DIR)/eval
 
