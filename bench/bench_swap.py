@@ -3,10 +3,11 @@
 every update the guard accepts.
 
 Per swap: its duration, and the longest gap another Python thread (a 1 ms ticker, standing in for
-the node's sensor reader and inference worker) sees meanwhile: a gap longer than the inference
-queue (``INFERENCE_QUEUE`` windows) drops windows. Then resident memory across the swaps, with and
-without glibc's ``malloc_trim(0)`` after each, in two fresh processes: growth that ``malloc_trim``
-gives back is memory the allocator kept after freeing, not a leak.
+the node's sensor reader and inference worker) sees meanwhile: a gap longer than a window may wait
+for inference (``node.max_queue_s``, 0.5 s; before that a queue of 4 windows, 133 ms) drops windows.
+Then resident memory across the swaps, with and without glibc's ``malloc_trim(0)`` after each, in
+two fresh processes: growth that ``malloc_trim`` gives back is memory the allocator kept after
+freeing, not a leak.
 
     .venv/bin/python bench/bench_swap.py [--swaps 30]
 """

@@ -537,6 +537,8 @@ class NodeConfig:
             are the learned ones until then.
         health_margin: spreads of its clean variation a modality's health signal may rise before
             its weight starts to fall.
+        max_queue_s: the longest a finished window may wait for the inference worker; an older one
+            is dropped and counted, so the outputs stay current when the machine falls behind.
     """
 
     model: str = ""
@@ -552,6 +554,7 @@ class NodeConfig:
     health_windows: int = 64
     health_warmup: int = 256
     health_margin: float = 4.0
+    max_queue_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.base_frame or not self.marker_frame:
@@ -561,7 +564,13 @@ class NodeConfig:
                 f"health_windows={self.health_windows} must be >= 16, health_warmup={self.health_warmup} "
                 f">= 8, health_margin={self.health_margin} >= 0"
             )
-        for name in ("checkpoint_period_s", "diagnostics_period_s", "marker_lifetime_s", "stall_warn_s"):
+        for name in (
+            "checkpoint_period_s",
+            "diagnostics_period_s",
+            "marker_lifetime_s",
+            "stall_warn_s",
+            "max_queue_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
 

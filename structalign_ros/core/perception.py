@@ -112,6 +112,73 @@ def _fit_frame(x: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
     return cv2.resize(x[0], (width, height), interpolation=interp)[None]
 
 
+BEHIND = "window dropped: inference fell behind"
+
+
+class InferenceQueue:
+    """Finished windows waiting for the inference worker, oldest first, bounded in time.
+
+    A window that waited longer than ``max_wait_s`` by the time the worker takes it is dropped, so the
+    outputs stay current when the machine falls behind; the bound is a time, not a number of windows,
+    so it means the same at any window rate and absorbs a short stall (a weight swap, a busy core).
+    ``capacity`` only caps memory: beyond it the oldest window is dropped. Drops are counted on
+    ``events`` (code ``inference_behind``); the wait of every window taken goes to ``latency`` as
+    ``queue``. Thread-safe: any thread puts, one worker gets.
+
+    Args:
+        events: where drops are counted.
+        latency: where the waits are recorded.
+        max_wait_s: the longest a window may wait (``node.max_queue_s``).
+        capacity: the most windows held.
+        clock: monotonic nanoseconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        events: Events,
+        latency: Latencies,
+        max_wait_s: float,
+        capacity: int = 256,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.events, self.latency = events, latency
+        self.max_wait_ns = int(max_wait_s * 1e9)
+        self.capacity = capacity
+        self.clock = clock
+        self._items: deque[tuple[int, Window] | None] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, window: Window) -> None:
+        with self._ready:
+            if len(self._items) >= self.capacity and self._items[0] is not None:
+                self._items.popleft()
+                self.events.add(BEHIND)
+            self._items.append((self.clock(), window))
+            self._ready.notify()
+
+    def close(self) -> None:
+        """The worker's :meth:`get` returns None once the windows queued before this are taken."""
+        with self._ready:
+            self._items.append(None)
+            self._ready.notify()
+
+    def get(self) -> Window | None:
+        """The oldest window that has not waited too long (blocks until there is one), or None after
+        :meth:`close`."""
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._items))
+                item = self._items.popleft()
+            if item is None:
+                return None
+            queued_ns, window = item
+            waited_ns = self.clock() - queued_ns
+            self.latency.add("queue", waited_ns * MS)
+            if waited_ns <= self.max_wait_ns:
+                return window
+            self.events.add(BEHIND)
+
+
 class PerceptionPipeline:
     """Messages -> windows -> model outputs, with optional online fine-tuning.
 

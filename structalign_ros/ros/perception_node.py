@@ -45,7 +45,6 @@ float row per embedding is stamped, has fixed width ``d`` and needs no custom me
 from __future__ import annotations
 
 import gc
-import queue
 import signal
 import sys
 import threading
@@ -67,7 +66,7 @@ from sensor_msgs.msg import Image, Imu, JointState
 from visualization_msgs.msg import MarkerArray
 
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.perception import MS, PerceptionPipeline, WindowOutput
+from structalign_ros.core.perception import MS, InferenceQueue, PerceptionPipeline, WindowOutput
 from structalign_ros.core.train import (
     Checkpoint,
     CheckpointError,
@@ -104,9 +103,6 @@ MESSAGE_TYPES = {
 }
 IDLE_CHECK_S = 0.02
 GROUND_TRUTH = "ground truth"
-# Windows waiting for the inference worker; beyond this the oldest is dropped (and counted): the
-# outputs must stay current rather than fall further and further behind.
-INFERENCE_QUEUE = 4
 # How long deactivation waits for subscribers to acknowledge the DELETEALL marker.
 MARKER_ACK_S = 1.0
 
@@ -147,7 +143,7 @@ class PerceptionNode(LifecycleNode):
         self.model_source = ""
         self.active = False
         self.live = LiveParameters(self, LIVE, self._apply_live, lambda: self.config)
-        self._windows: queue.Queue[Any] = queue.Queue()
+        self._windows: InferenceQueue | None = None
         self._worker: threading.Thread | None = None
         self._saving = threading.Lock()
         self._subscriptions_held: list[Any] = []
@@ -210,6 +206,10 @@ class PerceptionNode(LifecycleNode):
         assert self.pipeline is not None
         config = self.config
         try:
+            # before the sensors are read: every window finished from then on is queued
+            self._windows = InferenceQueue(
+                self.pipeline.events, self.pipeline.latency, config.node.max_queue_s
+            )
             polled = PolledGroup()
             subscriptions = {}
             for name in config.enabled_modalities:
@@ -237,7 +237,7 @@ class PerceptionNode(LifecycleNode):
                     self.create_timer(config.node.checkpoint_period_s, self._checkpoint_in_background)
                 )
             self._worker = threading.Thread(
-                target=self._infer_loop, name="structalign-inference", daemon=True
+                target=self._infer_loop, args=(self._windows,), name="structalign-inference", daemon=True
             )
             self._worker.start()
             if config.node.finetune:
@@ -257,10 +257,10 @@ class PerceptionNode(LifecycleNode):
         for timer in self._active_timers:
             self.destroy_timer(timer)
         self._subscriptions_held, self._active_timers = [], []
-        if self._worker is not None:
-            self._windows.put(None)  # the worker finishes the windows queued before this
+        if self._worker is not None and self._windows is not None:
+            self._windows.close()  # the worker finishes the windows queued before this
             self._worker.join(10.0)
-            self._worker = None
+        self._worker = self._windows = None
         if self.pipeline is not None:
             self.pipeline.pause_finetuning()
 
@@ -311,7 +311,7 @@ class PerceptionNode(LifecycleNode):
             if name == GROUND_TRUTH:
                 pipeline.on_ground_truth(msg)
             else:
-                self._enqueue(pipeline, pipeline.feed(name, msg, arrival))
+                self._enqueue(pipeline.feed(name, msg, arrival))
         except Exception as exc:  # the node must not die on anything a message does
             pipeline.events.add(f"internal error: {type(exc).__name__}")
             self.get_logger().error(f"{name}: internal error {exc!r}", throttle_duration_sec=5.0)
@@ -319,22 +319,18 @@ class PerceptionNode(LifecycleNode):
     def _on_idle(self) -> None:
         pipeline = self.pipeline
         if pipeline is not None:
-            self._enqueue(pipeline, pipeline.idle())
+            self._enqueue(pipeline.idle())
 
-    def _enqueue(self, pipeline: PerceptionPipeline, windows: list[Any]) -> None:
-        for window in windows:
-            if self._windows.qsize() >= INFERENCE_QUEUE:
-                try:
-                    self._windows.get_nowait()
-                    pipeline.events.add("window dropped: inference fell behind")
-                except queue.Empty:
-                    pass
-            self._windows.put(window)
+    def _enqueue(self, windows: list[Any]) -> None:
+        queued = self._windows
+        if queued is not None:
+            for window in windows:
+                queued.put(window)
 
-    def _infer_loop(self) -> None:
+    def _infer_loop(self, queued: InferenceQueue) -> None:
         """The inference worker: windows in, outputs published; the executor thread never waits for
         the model, so high-rate sensors keep being read while a window is encoded."""
-        while (window := self._windows.get()) is not None:
+        while (window := queued.get()) is not None:
             pipeline = self.pipeline
             if pipeline is None:
                 continue

@@ -210,3 +210,27 @@ def test_a_starved_trainer_is_reported_and_the_report_clears_when_it_steps_again
     finally:
         os.kill(child, signal.SIGCONT)
         pipeline.close()
+
+
+def test_the_inference_queue_drops_windows_that_waited_too_long_and_counts_them():
+    from structalign_ros.core.telemetry import Events, Latencies
+
+    now = [0]
+    events, latency = Events(), Latencies()
+    queued = perception.InferenceQueue(events, latency, max_wait_s=0.5, capacity=3, clock=lambda: now[0])
+    queued.put("a")
+    now[0] = 400_000_000  # "a" waited 0.4 s: served
+    queued.put("b")
+    queued.put("c")
+    assert queued.get() == "a"
+    now[0] = 950_000_000  # "b" waited 0.55 s: dropped; "c" the same; "d" is fresh
+    queued.put("d")
+    assert queued.get() == "d"
+    assert events.counts[perception.BEHIND] == 2
+    assert list(latency.samples("queue")) == [400.0, 550.0, 550.0, 0.0]
+    # beyond the capacity the oldest goes, whatever its age
+    for w in "efgh":
+        queued.put(w)
+    queued.close()
+    assert [queued.get(), queued.get(), queued.get(), queued.get()] == ["f", "g", "h", None]
+    assert events.counts[perception.BEHIND] == 3
