@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig, from_dict, to_dict
+from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig
+from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.sim.record import record_episode

@@ -56,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.config import FRAME_KINDS, StructAlignConfig, save_yaml
+from structalign_ros.core.config import FRAME_KINDS, StructAlignConfig
+from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import SimRobot
 
@@ -426,7 +427,7 @@ def main() -> int:
 
     import rclpy
 
-    from structalign_ros.core.config import load_yaml
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.ros.perception_node import responsive_threads
 
     arms = []

@@ -47,7 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from structalign_ros.core.config import StructAlignConfig, from_dict, save_yaml, to_dict
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 
 NODE = "structalign_perception"
 START_TIMEOUT_S = 180.0  # a node that has not reported by then failed to configure (see its log)

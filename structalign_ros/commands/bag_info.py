@@ -7,7 +7,8 @@ import sys
 from collections import Counter
 
 from structalign_ros.core.bags import BagError, bag_info
-from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
+from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import load_yaml
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml, to_ros_yaml
+from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import load_yaml, to_ros_yaml
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -177,7 +177,7 @@ def _plots(
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from structalign_ros.core.config import load_yaml
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.ros.run import StartError
 
     say = (lambda *a: None) if args.json else print

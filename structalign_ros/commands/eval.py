@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from structalign_ros.core.bags import BagError
-    from structalign_ros.core.config import ConfigError, load_yaml
+    from structalign_ros.core.config import ConfigError
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.core.evaluation import evaluate
     from structalign_ros.core.export import onnx_bytes
     from structalign_ros.core.runtime import Predictor

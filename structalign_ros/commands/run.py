@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from structalign_ros.core.config import StructAlignConfig, load_yaml
+    from structalign_ros.core.config import StructAlignConfig
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.ros.graph import graph
     from structalign_ros.ros.run import StartError, running
 

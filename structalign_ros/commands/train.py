@@ -81,7 +81,8 @@ class TrainError(RuntimeError):
 
 def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
     """The config with the command-line choices applied (validated like a YAML file)."""
-    from structalign_ros.core.config import BASE_OBJECTIVES, from_dict, to_dict
+    from structalign_ros.core.config import BASE_OBJECTIVES
+    from structalign_ros.core.config_io import from_dict, to_dict
 
     data = to_dict(config)
     obj, train = data["objective"], data["train"]
@@ -176,7 +177,8 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from structalign_ros.core.bags import BagError
-    from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
+    from structalign_ros.core.config import ConfigError, StructAlignConfig
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.core.dataset import (
         WindowDataset,
         collate_labelled,

@@ -25,14 +25,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from structalign_ros.core.config import (
-    ROS_OWN_PARAMETERS,
-    StructAlignConfig,
-    flatten,
-    load_yaml,
-    read_values,
-    to_dict,
-)
+from structalign_ros.core.config import ROS_OWN_PARAMETERS, StructAlignConfig
+from structalign_ros.core.config_io import flatten, load_yaml, read_values, to_dict
 from structalign_ros.ros.graph import NodeSpec
 from structalign_ros.ros.perception_node import autostart, responsive_threads
 

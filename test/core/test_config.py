@@ -1,8 +1,7 @@
 import pytest
 
-from structalign_ros.core.config import (
-    ConfigError,
-    StructAlignConfig,
+from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import (
     describe,
     flatten,
     from_dict,

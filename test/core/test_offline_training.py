@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from structalign_ros.cli import main
-from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig, save_yaml
+from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
+from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.dataset import WindowDataset, iter_windows, split_episodes
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from structalign_ros.core import perception
-from structalign_ros.core.config import from_dict, to_dict
+from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, check_model
 from structalign_ros.core.train import load_checkpoint
 

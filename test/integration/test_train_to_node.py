@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.train import load_checkpoint

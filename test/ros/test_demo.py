@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.train import load_checkpoint, save_checkpoint
 
 

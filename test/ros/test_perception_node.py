@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from structalign_ros.core.bags import iter_messages
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.train import load_checkpoint
 
 PREFIX = "/structalign_perception"

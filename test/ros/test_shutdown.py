@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from structalign_ros.core.bags import bag_info, iter_messages
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.train import load_checkpoint
 
 PREFIX = "/structalign_perception"
