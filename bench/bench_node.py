@@ -438,10 +438,11 @@ def main() -> int:
     config.runtime.threads = args.threads
     if args.model:
         config.node.model = str(Path(args.model).resolve())
-    config.node.ground_truth_topic = "" if args.no_ground_truth else config.sim.ee_pose_topic
 
     t0 = time.perf_counter()
     stream = render(config, args.seed, args.warmup + args.seconds, not args.no_ground_truth)
+    if args.no_ground_truth:  # the node is not told of it (the stream keeps it, for scoring)
+        config.ground_truth_topic = ""
     gc.freeze()  # a full collection over the rendered messages would stall the publisher for ~0.5 s
     print(
         f"rendered {len(stream.messages)} messages ({args.warmup + args.seconds:g} s) in "

@@ -141,7 +141,7 @@ class DiagnosticsWatch:
 
 def _params(folder: Path) -> Path:
     data = to_dict(StructAlignConfig())
-    data["node"].update({"ground_truth_topic": StructAlignConfig().sim.ee_pose_topic, "finetune": True})
+    data["node"].update({"finetune": True})  # ground_truth_topic: the simulator's, the default
     data["train"].update({"checkpoint_dir": str(folder / "ckpt")})
     path = folder / "params.yaml"
     save_yaml(from_dict(data), path)

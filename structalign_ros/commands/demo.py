@@ -290,8 +290,8 @@ def demo_graph(
 
     probe = Node("structalign_demo_monitor")
     try:
-        monitor = Monitor(probe, config.sim.ee_pose_topic, f"/{NAME}")
-        specs = graph("sim_demo", config)
+        monitor = Monitor(probe, config.ground_truth_topic, f"/{NAME}")
+        specs = graph("sim_demo")
         simulator = next(s for s in specs if not s.lifecycle)
         with running([s for s in specs if s.lifecycle], config_file, extra=[probe]) as nodes:
             sim = start_simulator(simulator.executable, config_file, log, sim_args)

@@ -22,8 +22,6 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from structalign_ros.core.config import StructAlignConfig
-    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.ros.graph import graph
     from structalign_ros.ros.run import StartError, running
 
@@ -34,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        config = load_yaml(args.config) if args.config else StructAlignConfig()
-        with running(graph(args.graph, config), args.config) as nodes:
+        with running(graph(args.graph), args.config) as nodes:
             print(f"running {', '.join(nodes)}; Ctrl-C stops", flush=True)
             stop.wait(args.seconds)
     except (StartError, ValueError) as exc:  # ValueError: a bad config file or graph name

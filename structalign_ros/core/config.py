@@ -19,6 +19,8 @@ FRAME_KINDS = ("image", "depth")
 # Kinds whose values are 2-D grids (pixels, taxels): encoded, and compared in kernels, as images.
 GRID_KINDS = ("image", "depth", "tactile")
 RELIABILITIES = ("best_effort", "reliable")
+# Where the simulator publishes the true end-effector pose (``ground_truth_topic``'s default).
+GROUND_TRUTH_TOPIC = "/ground_truth/ee_pose"
 # Parameters rclpy declares itself; a parameter file may set them beside the tree.
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # The simulated arm's joints (structalign_ros.core.sim), the default joint order.
@@ -242,9 +244,9 @@ class SimConfig:
         taxel_rows: rows of the tactile grid on the contact pad.
         taxel_cols: columns of the tactile grid.
         physics_hz: physics steps per second; every sensor sample is stamped on a physics step.
-        ee_pose_topic: ground-truth end-effector pose (``geometry_msgs/PoseStamped``).
         object_pose_topic: ground-truth pose of the pushed object.
-        ground_truth_hz: rate of both ground-truth pose topics.
+        ground_truth_hz: rate of both ground-truth poses the simulator publishes (the end effector's on
+            the tree's ``ground_truth_topic``, and the object's).
         seed: episode seed of the live simulated robot (the box, the controller, the noise).
         episode_s: the live simulated robot starts a new episode (seed + 1) after this many seconds;
             stamps keep increasing across episodes.
@@ -260,7 +262,6 @@ class SimConfig:
     taxel_rows: int = 4
     taxel_cols: int = 4
     physics_hz: float = 1000.0
-    ee_pose_topic: str = "/ground_truth/ee_pose"
     object_pose_topic: str = "/ground_truth/object_pose"
     ground_truth_hz: float = 100.0
     seed: int = 0
@@ -511,8 +512,6 @@ class NodeConfig:
         base_frame: frame of the end-effector pose output (REP-105 ``base_link``).
         marker_frame: frame the RViz weight bar chart is drawn in.
         finetune: fine-tune online (GW-regularised, in a background process) while running.
-        ground_truth_topic: optional ``geometry_msgs/PoseStamped`` of the true end-effector pose; used
-            as supervision while fine-tuning and to report the pose error in diagnostics.
         checkpoint_period_s: how often fine-tuned weights are checkpointed (also on shutdown).
         diagnostics_period_s: period of the ``/diagnostics`` report.
         marker_lifetime_s: lifetime of the RViz markers, so a stopped node's chart disappears.
@@ -534,7 +533,6 @@ class NodeConfig:
     base_frame: str = "base_link"
     marker_frame: str = "base_link"
     finetune: bool = True
-    ground_truth_topic: str = ""
     checkpoint_period_s: float = 60.0
     diagnostics_period_s: float = 1.0
     marker_lifetime_s: float = 0.5
@@ -566,9 +564,18 @@ class NodeConfig:
 
 @dataclass
 class StructAlignConfig:
-    """The root of the configuration tree."""
+    """The root of the configuration tree.
+
+    Args:
+        ground_truth_topic: the true end-effector pose (``geometry_msgs/PoseStamped``); empty: none.
+            The simulator publishes it, training and evaluation read it from the bags, and the live
+            node fine-tunes on it (then only on windows it labels) and reports its pose error against
+            it. A robot without an end-effector ground truth sets it empty, else the node waits for
+            labelled windows and never fine-tunes.
+    """
 
     modalities: dict[str, ModalityConfig] = field(default_factory=_default_modalities)
+    ground_truth_topic: str = GROUND_TRUTH_TOPIC
     window: WindowConfig = field(default_factory=WindowConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -16,6 +16,7 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,8 +88,49 @@ def _from_dict(cls: type[T], data: dict[str, Any], path: str) -> T:
 
 
 def from_dict(data: dict[str, Any], cls: type[T] = StructAlignConfig) -> T:  # type: ignore[assignment]
-    """Build a validated config tree from nested plain data (as loaded from YAML)."""
-    return _from_dict(cls, data, "")
+    """Build a validated config tree from nested plain data (as loaded from YAML); a whole tree's old
+    keys are read as their new ones first (:func:`migrate`)."""
+    return _from_dict(cls, migrate(data) if cls is StructAlignConfig else data, "")
+
+
+class OldKeyWarning(FutureWarning):
+    """A configuration (a file, a checkpoint's stored tree) uses a key that was renamed."""
+
+
+# The keys that became ``ground_truth_topic`` (issue 13): the live node's and the offline one.
+OLD_GROUND_TRUTH_KEYS = ("node.ground_truth_topic", "sim.ee_pose_topic")
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Nested tree data with its old keys moved to their new names, with an :class:`OldKeyWarning`
+    naming them; ``data`` itself is left as it was. Checkpoints and parameter files written before a
+    rename keep loading; this is the one place that knows the old names.
+
+    ``node.ground_truth_topic`` (read by the live node, empty by default) and ``sim.ee_pose_topic``
+    (read by training and evaluation, published by the simulator) became ``ground_truth_topic``: the
+    node's value when it is not empty, else the simulator's. Where ``ground_truth_topic`` is given as
+    well, it wins and the old keys are dropped.
+    """
+    old: dict[str, Any] = {}
+    out = dict(data)
+    for name in OLD_GROUND_TRUTH_KEYS:
+        section, key = name.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = dict(out[section])
+            old[name] = out[section].pop(key)
+    if not old:
+        return data
+    names = ", ".join(old)
+    if "ground_truth_topic" in out:
+        message = f"{names}: old key(s), ignored because ground_truth_topic is given; remove them"
+    else:
+        node, sim = (old.get(name) for name in OLD_GROUND_TRUTH_KEYS)
+        out["ground_truth_topic"] = node if node or sim is None else sim
+        message = (
+            f"{names}: old key(s), read as ground_truth_topic={out['ground_truth_topic']!r}, their new name"
+        )
+    warnings.warn(message, OldKeyWarning, stacklevel=3)
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -147,7 +189,7 @@ def config_from_values(values: dict[str, Any], defaults: StructAlignConfig) -> S
     Raises:
         ConfigError: an unknown name or an invalid value; the message has its dotted path.
     """
-    return from_dict(merge(to_dict(defaults), unflatten(values)))
+    return from_dict(merge(to_dict(defaults), migrate(unflatten(values))))
 
 
 def _ros_parameters(doc: dict[str, Any], node: str | None) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def replay_faulted(bag, fault, sensor_health: bool, train=None):
         outputs = replay(
             pipe,
             [bag],
-            config.sim.ee_pose_topic,
+            config.ground_truth_topic,
             lambda kind, msg: fault_message(kind, msg, injector) if kind == modality else msg,
         )
     finally:

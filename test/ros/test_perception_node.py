@@ -45,9 +45,7 @@ def outputs_topics() -> dict[str, type]:
 
 def params_file(world, tmp_path: Path, **sections: dict[str, Any]) -> Path:
     data = to_dict(world.config)
-    data["node"].update(
-        {"model": str(world.checkpoint), "ground_truth_topic": world.config.sim.ee_pose_topic}
-    )
+    data["node"]["model"] = str(world.checkpoint)  # ground_truth_topic: where the bag has it
     for key, values in sections.items():
         data[key].update(values)
     path = tmp_path / "params.yaml"

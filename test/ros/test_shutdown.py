@@ -102,7 +102,6 @@ def test_perception_node_stops_in_order_on_a_signal(
     data["node"].update(
         {
             "model": str(small_world.checkpoint),
-            "ground_truth_topic": small_world.config.sim.ee_pose_topic,
             "checkpoint_period_s": 3600.0,  # only the final checkpoint can be written in this test
         }
     )
