@@ -418,6 +418,8 @@ class TrainConfig:
         head_steps: steps of the last offline stage, the pose experts refitted on frozen features
             (:mod:`core.headfit`); 0 skips it.
         head_lr: its learning rate.
+        threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
+            torch's default (one per core). Recorded in the checkpoint with the rest of the tree.
     """
 
     lr: float = 1e-3
@@ -439,12 +441,15 @@ class TrainConfig:
     validate_every: int = 100
     head_steps: int = 4000
     head_lr: float = 2e-3
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_augment < 1:
             raise ConfigError(f"noise_augment={self.noise_augment} must be in [0, 1)")
         if self.validate_every < 0 or self.head_steps < 0:
             raise ConfigError("validate_every and head_steps must be >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0: torch's default)")
         if not self.head_lr > 0:
             raise ConfigError(f"head_lr={self.head_lr} must be > 0")
         if not self.lr > 0:
@@ -477,7 +482,8 @@ class RuntimeConfig:
     Args:
         backend: ``onnx`` (ONNX Runtime, the default: one window of the default model takes 0.9 ms on
             one CPU thread against 3.5 ms in torch, docs/LEARNING.md) or ``torch``.
-        device: torch device for the torch backend (``cpu``, ``cuda``, ``cuda:1``), or ``auto``: CUDA
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``) of the torch backend, online fine-tuning
+            and offline training (under torchrun, ``cuda`` is each rank's own GPU), or ``auto``: CUDA
             when this machine has it, else the CPU.
         onnx_path: the exported model the ``onnx`` backend loads; empty: the loaded checkpoint is
             exported in memory at start-up.

@@ -11,12 +11,14 @@ a typo in a YAML file is an error, not a default.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
 import types
 import typing
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,6 +194,64 @@ def config_from_values(values: dict[str, Any], defaults: StructAlignConfig) -> S
     return from_dict(merge(to_dict(defaults), migrate(unflatten(values))))
 
 
+def _leaf_type(name: str) -> Any:
+    """The declared type of the dotted ``name`` in the tree, or None where it names no field."""
+    hint: Any = StructAlignConfig
+    for part in name.split("."):
+        if dataclasses.is_dataclass(hint):
+            hint = typing.get_type_hints(hint).get(part)
+        elif typing.get_origin(hint) is dict:
+            hint = typing.get_args(hint)[1]
+        else:
+            return None
+        if hint is None:
+            return None
+    return hint
+
+
+def parse_assignments(texts: Iterable[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` texts (the CLI's ``--set``) as ``{dotted name: value}``, unvalidated.
+
+    The value is read as YAML (``true``, ``64``, ``0.5``), except that a string field takes the text as
+    it is (``runtime.device=0`` is the string ``"0"``) and a number field also takes what Python reads
+    as a float (``train.lr=1e-3``, which YAML 1.1 reads as a string) and holds a float. Validation is
+    the tree's own, through :func:`config_from_values`, like every ROS parameter's.
+
+    Raises:
+        ConfigError: a text without ``=`` or a value that is not valid YAML.
+    """
+    values: dict[str, Any] = {}
+    for text in texts:
+        name, sep, raw = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--set {text!r}: expected NAME=VALUE, e.g. train.lr=0.0005")
+        hint = _leaf_type(name)
+        if hint is str:
+            values[name] = raw
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+        if hint is float and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # a ROS parameter keeps the type it is given first
+        values[name] = value
+    return values
+
+
+def apply_assignments(config: StructAlignConfig, texts: Iterable[str]) -> StructAlignConfig:
+    """``config`` with the ``NAME=VALUE`` texts (``--set``) merged over it, validated (a new tree).
+
+    Raises:
+        ConfigError: a malformed text, an unknown name or an invalid value, with its dotted path.
+    """
+    return config_from_values(parse_assignments(texts), config)
+
+
 def _ros_parameters(doc: dict[str, Any], node: str | None) -> dict[str, Any]:
     """The ``ros__parameters`` block for ``node`` (or the wildcard ``/**``) of a ROS params file."""
     candidates = [node, f"/{node}", "/**"] if node else ["/**"]
@@ -235,6 +295,13 @@ def to_ros_yaml(config: StructAlignConfig, node: str = "/**") -> str:
 def save_yaml(config: StructAlignConfig, path: str | Path, node: str = "/**") -> None:
     """Write ``config`` to ``path`` as a ROS parameter file."""
     Path(path).write_text(to_ros_yaml(config, node), encoding="utf-8")
+
+
+def save_values(values: dict[str, Any], path: str | Path, node: str = "/**") -> None:
+    """Write dotted ``values`` (some keys of the tree, e.g. ``--set``'s) as a ROS parameter file, which
+    a node given it after another file takes over that file's values."""
+    text = yaml.safe_dump({node: {"ros__parameters": unflatten(values)}}, sort_keys=False)
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _field_docs(cls: type) -> dict[str, str]:
