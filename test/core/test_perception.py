@@ -212,6 +212,23 @@ def test_a_starved_trainer_is_reported_and_the_report_clears_when_it_steps_again
         pipeline.close()
 
 
+def test_fine_tuning_without_the_configured_ground_truth_warns_and_names_the_topic(small_world):
+    config = from_dict({**to_dict(small_world.config), "node": {"stall_warn_s": 0.5}})
+    assert config.ground_truth_topic
+    pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
+    pipeline.start_finetuning()
+    try:
+        replay(pipeline, small_world, truth=False)  # the topic is configured, but nothing comes on it
+        deadline = time.monotonic() + 30.0
+        while not pipeline.report()["finetune"]["warning"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = pipeline.report()["finetune"]
+        assert report["warning"].startswith(f"no ground truth on {config.ground_truth_topic} for")
+        assert report["sent"] == 0  # no unlabelled window went to the trainer
+    finally:
+        pipeline.close()
+
+
 def test_the_inference_queue_drops_windows_that_waited_too_long_and_counts_them():
     from structalign_ros.core.telemetry import Events, Latencies
 
