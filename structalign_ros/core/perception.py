@@ -356,7 +356,7 @@ class PerceptionPipeline:
         """The model's outputs for ``window`` (None when it cannot be used: counted with the reason).
 
         Thread-safe against :meth:`feed`; windows with at least two modalities present (something to
-        align) also go to the online trainer, when ``node.ground_truth_topic`` is set only those
+        align) also go to the online trainer, when ``ground_truth_topic`` is set only those
         labelled with ground truth.
         """
         t0 = time.monotonic_ns()
@@ -373,7 +373,7 @@ class PerceptionPipeline:
             out, trusted = self._apply_health(out, batch.mask)
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
-        labelled = pose is not None or not self.config.node.ground_truth_topic
+        labelled = pose is not None or not self.config.ground_truth_topic
         # the trainer (and its guard) sees a distrusted modality as missing, as the outputs nearly do
         learnable = batch if bool(trusted.all()) else batch.masked(trusted)
         if trainer is not None and labelled and int(learnable.mask.sum()) >= 2:
