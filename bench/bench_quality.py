@@ -118,9 +118,9 @@ def main() -> None:
         wall_s, cpu_s = train(robot, seen, run)
         model = load_checkpoint(run / "model.pt").build_model().eval()
         t0 = time.perf_counter()
-        baselines = fit_baselines(concat([labelled_episode(p, config) for p in seen]), kinds)
+        baselines = fit_baselines(concat([labelled_episode(p, config, model.specs) for p in seen]), kinds)
         fit_s = time.perf_counter() - t0
-        test = concat([labelled_episode(p, config) for p in tests])
+        test = concat([labelled_episode(p, config, model.specs) for p in tests])
         conds = quality_report(model_pose(model), test, baselines, kinds)
         checks = targets(conds, kinds, robot == "arm4", cpu_s)
         print(

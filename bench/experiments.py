@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from structalign_ros.core.bags import iter_samples
-from structalign_ros.core.batch import Batch, collate
+from structalign_ros.core.batch import Batch, to_batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
-from structalign_ros.core.dataset import iter_windows
+from structalign_ros.core.dataset import bag_layout, iter_windows
 from structalign_ros.core.evaluation import contact_labels, object_speed, retrieval
 from structalign_ros.core.kernels import InputKernels
 from structalign_ros.core.metrics import linear_probe_accuracy
@@ -76,20 +76,6 @@ class Split:
         return len(self.batch)
 
 
-def _downsample(batch: Batch) -> Batch:
-    inputs = {}
-    for name, x in batch.inputs.items():
-        if x.dim() == 5:  # (N, 1, H, W, 3) uint8
-            f = x[:, 0].permute(0, 3, 1, 2).float()
-            f = F.adaptive_avg_pool2d(f, IMAGE).round().clamp(0, 255).to(torch.uint8)
-            inputs[name] = f.permute(0, 2, 3, 1).unsqueeze(1)
-        elif name == "depth":  # (N, 1, H, W) metres
-            inputs[name] = F.adaptive_avg_pool2d(x.float(), IMAGE)
-        else:
-            inputs[name] = x.float()
-    return Batch(inputs, batch.mask, batch.modalities, batch.stamps_ns, batch.pose)
-
-
 def load_episodes(
     cache: Path, episodes: int, seconds: float, log: Callable[[str], None]
 ) -> tuple[list[Split], dict[str, str], float]:
@@ -102,14 +88,20 @@ def load_episodes(
     start = time.perf_counter()
     out = []
     for e in range(episodes):
-        key = hashlib.sha1(f"{e}-{seconds}-{IMAGE}-v2".encode()).hexdigest()[:10]
+        key = hashlib.sha1(f"{e}-{seconds}-{IMAGE}-v3".encode()).hexdigest()[:10]
         tensors = cache / f"episode_{e}_{key}.pt"
         if not tensors.exists():
             bag = cache / f"episode_{e}_{key}"
             if not bag.exists():
                 record_episode(bag, config, seed=1000 + e, seconds=seconds)
             items = [(w, p) for w, p in iter_windows([bag], config) if p is not None]
-            batch = _downsample(collate([w for w, _ in items], [p for _, p in items]))
+            # the live path's layout, camera and depth at IMAGE x IMAGE (area / nearest resizing)
+            frames = {"image": (1, IMAGE, IMAGE, 3), "depth": (1, IMAGE, IMAGE)}
+            layout = {
+                n: ModalitySpec(spec.kind, frames.get(spec.kind, spec.shape))
+                for n, spec in bag_layout([bag], config).items()
+            }
+            batch = to_batch([w for w, _ in items], layout, [p for _, p in items])
             track = [(t, v[:3]) for _, t, v in iter_samples([bag], {}, None, config.sim.object_pose_topic)]
             speed = object_speed(
                 np.array([t for t, _ in track]), np.array([v for _, v in track]), batch.stamps_ns.numpy()

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"modalities found: {', '.join(found) or 'none'}; missing: {', '.join(missing) or 'none'}")
     print(
         f"windows: {report.windows} ({report.complete_windows} with every modality, "
-        f"{report.warmup_windows} skipped before every stream started)"
+        f"{report.warmup_windows} before every stream started, those streams masked)"
     )
     masked = sum((s.masked for s in report.assembler), start=Counter())
     dropped = sum((s.dropped for s in report.assembler), start=Counter())

@@ -44,12 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def labelled_batches(
-    paths: Sequence[str | Path], config: Any, batch_size: int
+    paths: Sequence[str | Path], config: Any, batch_size: int, layout: Any
 ) -> Iterator[tuple[Any, Any, int]]:
-    """``(batch, object speed, episode)`` over every bag, in time order (see :func:`evaluation.collect`)."""
+    """``(batch, object speed, episode)`` over every bag, in time order (see :func:`evaluation.collect`),
+    in the model's input ``layout`` (its specs)."""
     import numpy as np
 
-    from structalign_ros.core.dataset import collate_labelled, iter_windows, object_track
+    from structalign_ros.core.dataset import iter_windows, labelled_batch, object_track
     from structalign_ros.core.evaluation import object_speed
 
     for episode, path in enumerate(paths):
@@ -60,10 +61,10 @@ def labelled_batches(
             chunk = [item for _, item in zip(range(batch_size), windows, strict=False)]
             if not chunk:
                 break
-            batch = collate_labelled(chunk)
+            batch = labelled_batch(chunk, layout)
             if batch.pose is None:  # some windows lack ground truth: keep the ones that have it
                 poses = [p if p is not None else np.full(7, np.nan, np.float32) for _, p in chunk]
-                batch = collate_labelled([(w, p) for (w, _), p in zip(chunk, poses, strict=True)])
+                batch = labelled_batch([(w, p) for (w, _), p in zip(chunk, poses, strict=True)], layout)
             speed = object_speed(track_ns, track_xyz, batch.stamps_ns.numpy()) if len(track_ns) else None
             yield batch, speed, episode
 
@@ -81,9 +82,12 @@ def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
     return [concat(parts) for _, parts in sorted(per.items())]
 
 
-def pose_quality(runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any) -> Any:
+def pose_quality(
+    runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any, layout: Any
+) -> Any:
     """The model beside the baselines under every sensor condition (:mod:`core.quality`) on the
-    labelled windows of ``batches``, or None when there are none."""
+    labelled windows of ``batches``, or None when there are none; ``--train-bags`` are read in the
+    model's input ``layout``."""
     from structalign_ros.core.baselines import fit_baselines
     from structalign_ros.core.batch import concat
     from structalign_ros.core.dataset import labelled_episode
@@ -94,7 +98,7 @@ def pose_quality(runner: Any, batches: Sequence[tuple[Any, Any, int]], config: A
         return None
     kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
     if args.train_bags:
-        train = [e for e in (labelled_episode(p, config) for p in args.train_bags) if e is not None]
+        train = [e for e in (labelled_episode(p, config, layout) for p in args.train_bags) if e is not None]
         if not train:
             raise ValueError("the --train-bags have no ground-truth poses to fit the baselines on")
         baselines = fit_baselines(concat(train), kinds)
@@ -243,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "onnx":
             runner = Predictor.from_onnx(onnx_bytes(model), providers="CPUExecutionProvider", threads=1)
         # read once: the evaluation and the baselines' conditions see the same windows
-        batches = list(labelled_batches(args.bags, config, args.batch_size))
+        batches = list(labelled_batches(args.bags, config, args.batch_size, model.specs))
         report = evaluate(
             runner,
             batches,
@@ -252,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             geometry_windows=args.geometry_windows,
         )
         if not args.no_baselines:
-            report["quality"] = pose_quality(runner, batches, config, args)
+            report["quality"] = pose_quality(runner, batches, config, args, model.specs)
     except (CheckpointError, ConfigError, BagError, OSError, ValueError) as exc:
         print(f"structalign eval: {exc}", file=sys.stderr)
         return 1

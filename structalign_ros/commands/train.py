@@ -179,12 +179,12 @@ def _run(args: argparse.Namespace) -> int:
     from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
     from structalign_ros.core.dataset import (
         WindowDataset,
-        collate_labelled,
+        bag_layout,
         data_loader,
         estimated_windows,
         split_episodes,
     )
-    from structalign_ros.core.models import ModalitySpec, MultimodalModel
+    from structalign_ros.core.models import MultimodalModel
     from structalign_ros.core.objectives import build_objective
     from structalign_ros.core.train import (
         CheckpointError,
@@ -231,16 +231,22 @@ def _run(args: argparse.Namespace) -> int:
         total = tc.steps
 
     train_ds = WindowDataset(train_bags, config, seed=tc.seed, shard=(rank, world), cache=not args.no_cache)
-    loader = data_loader(train_ds, tc.batch_size)
     kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
+    # every batch in the model's input layout: the checkpoint's when resuming, else the first bag's
     if resuming:
         ckpt = load_checkpoint(run_dir / "last.pt")
         model = ckpt.build_model()
+        loader = data_loader(train_ds, tc.batch_size, model.specs)
     else:
+        try:
+            layout = bag_layout(train_bags, config)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from exc
+        loader = data_loader(train_ds, tc.batch_size, layout)
         first = next(iter(loader), None)
         if first is None:
             raise TrainError(f"the training bags yield fewer than {tc.batch_size} windows")
-        model = MultimodalModel(ModalitySpec.from_batch(first, kinds), config.model)
+        model = MultimodalModel(layout, config.model)
         model.fit_input_stats(first)
     model.to(device)
     objective = build_objective(
@@ -254,9 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     val_loader = None
     if val_bags:
         val_ds = WindowDataset(val_bags, config, shuffle_buffer=1, cache=not args.no_cache)
-        val_loader = torch.utils.data.DataLoader(
-            val_ds, batch_size=tc.batch_size, collate_fn=collate_labelled, drop_last=False
-        )
+        val_loader = data_loader(val_ds, tc.batch_size, model.specs, drop_last=False)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(
@@ -415,14 +419,12 @@ def _fit_head(
     bags, and keep the result only if it is no worse there (else the weights stay as they were)."""
     import copy
 
-    import torch
-
-    from structalign_ros.core.dataset import collate_labelled
+    from structalign_ros.core.dataset import data_loader
     from structalign_ros.core.headfit import calibrate, expert_cues, fit_experts
 
     tc = config.train
     started = time.perf_counter()
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=tc.batch_size, collate_fn=collate_labelled)
+    loader = data_loader(train_ds, tc.batch_size, model.specs, drop_last=False)
     try:
         cues = expert_cues(model, loader)
     except ValueError:  # no labelled training windows: nothing to fit

@@ -10,25 +10,41 @@ plus one ``(B, M)`` bool mask whose columns follow :attr:`Batch.modalities`. Lay
 
 Missing modalities hold zeros and a False mask entry: they are encoded like any other input
 (fixed shapes keep ONNX and batching simple) and then excluded from fusion and every loss.
+
+:func:`to_batch` is the one way from windows to a batch, live and offline alike: the perception
+pipeline (one window at a time), the bag dataset, the online replay buffer and the experiments all
+build their batches with it, in the layout of the model that will read them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 
 class WindowLike(Protocol):
-    """What :func:`collate` reads from a window; ``core.windows.Window`` has these fields."""
+    """What :func:`to_batch` reads from a window; ``core.windows.Window`` has these fields."""
 
     stamp_ns: int
     data: Mapping[str, np.ndarray]
     mask: Mapping[str, bool]
+
+
+class InputSpec(Protocol):
+    """One modality of a model's input layout (``models.ModalitySpec`` is one): its kind and the
+    per-window shape ``(samples, ...)``."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 @dataclass
@@ -113,16 +129,70 @@ def to_frames(kind: str, x: Tensor) -> Tensor:
     raise ValueError(f"{kind!r} is not a frame modality")
 
 
-def collate(windows: Sequence[WindowLike], poses: Sequence[np.ndarray] | None = None) -> Batch:
-    """Stack windows (all with the same modalities and shapes) into a :class:`Batch`."""
+def _fit_frame(x: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Resize a ``(1, H, W[, 3])`` camera or depth frame to ``shape`` (area averaging for colour;
+    nearest for depth, which must not blend an edge's foreground and background)."""
+    height, width = shape[1], shape[2]
+    interp = cv2.INTER_AREA if kind == "image" else cv2.INTER_NEAREST
+    return cv2.resize(x[0], (width, height), interpolation=interp)[None]
+
+
+def to_batch(
+    windows: Sequence[WindowLike],
+    layout: Mapping[str, InputSpec],
+    poses: Sequence[np.ndarray | None] | None = None,
+    *,
+    mismatch: Callable[[str], None] | None = None,
+) -> Batch:
+    """``windows`` as one :class:`Batch` in a model's input layout.
+
+    ``layout`` (a model's ``specs``: modality -> kind and per-window shape) decides the modalities,
+    their order (the mask columns) and every input's shape. Per window and modality of the layout:
+
+    - present and of the layout's shape: taken as it is;
+    - a camera or depth frame of another size: resized to the layout's (area averaging for colour,
+      nearest for depth), so a bag or a camera of another resolution fits the model;
+    - absent from the window, masked in it, or without a sample yet (a stream that has not delivered
+      since the start, whose part has no shape): zeros and a False mask entry.
+
+    Modalities of the windows that the layout lacks are left out.
+
+    Args:
+        poses: one ``(7,)`` ground-truth pose or None per window; the batch has ``pose`` when every
+            window has one.
+        mismatch: called with the reason when a present input does not fit the layout even after
+            resizing (another tactile grid, another joint count); the input is then masked. None:
+            raise ``ValueError`` instead.
+    """
     if not windows:
-        raise ValueError("cannot collate an empty list of windows")
-    names = tuple(windows[0].data)
-    inputs = {n: torch.from_numpy(np.stack([w.data[n] for w in windows])) for n in names}
-    mask = torch.tensor([[bool(w.mask[n]) for n in names] for w in windows], dtype=torch.bool)
+        raise ValueError("cannot batch an empty list of windows")
+    n = len(windows)
+    if poses is not None and len(poses) != n:
+        raise ValueError(f"{len(poses)} poses for {n} windows")
+    inputs: dict[str, Tensor] = {}
+    mask = np.zeros((n, len(layout)), dtype=bool)
+    for m, (name, spec) in enumerate(layout.items()):
+        out = np.zeros((n, *spec.shape), dtype=np.uint8 if spec.kind == "image" else np.float32)
+        for i, window in enumerate(windows):
+            x = window.data.get(name)
+            if x is None or not window.mask.get(name, False):
+                continue
+            if spec.kind in ("image", "depth") and x.shape != spec.shape and x.ndim == len(spec.shape):
+                x = _fit_frame(x, spec.shape, spec.kind)
+            if x.shape != spec.shape:
+                problem = f"{name}: window shape {x.shape} does not fit the model's {spec.shape}"
+                if mismatch is None:
+                    raise ValueError(problem)
+                mismatch(f"{problem}; masked")
+                continue
+            out[i] = x
+            mask[i, m] = True
+        inputs[name] = torch.from_numpy(out)
     stamps = torch.tensor([w.stamp_ns for w in windows], dtype=torch.int64)
-    pose = None if poses is None else torch.from_numpy(np.stack(poses).astype(np.float32))
-    return Batch(inputs, mask, names, stamps, pose)
+    pose = None
+    if poses is not None and all(p is not None for p in poses):
+        pose = torch.from_numpy(np.stack(poses).astype(np.float32))
+    return Batch(inputs, torch.from_numpy(mask), tuple(layout), stamps, pose)
 
 
 def channel_std(kind: str, x: Tensor) -> Tensor:

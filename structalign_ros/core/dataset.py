@@ -2,15 +2,17 @@
 
 :func:`iter_windows` is the one replay pipeline (``structalign bag-info`` counts with it, training
 reads through it); :class:`WindowDataset` wraps it as a torch ``IterableDataset`` with a shuffle
-buffer, splitting bags across DataLoader workers. Each bag is one episode: the assembler is flushed
-and reset between bags, so windows never straddle two recordings.
+buffer, splitting bags across DataLoader workers, and :func:`data_loader` batches it with
+:func:`~.batch.to_batch` in the model's layout, as the live node does. Each bag is one episode: the
+assembler is flushed and reset between bags, so windows never straddle two recordings.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from structalign_ros.core.bags import BagTopicError, bag_info, iter_samples, topic_mismatch
-from structalign_ros.core.batch import Batch, collate
+from structalign_ros.core.batch import Batch, to_batch
 from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.models import ModalitySpec
 from structalign_ros.core.windows import AssemblerStats, Window, WindowAssembler
 
 # A ground-truth pose labels a window only if it was taken within this of the window's pivot stamp.
@@ -29,7 +32,8 @@ POSE_TOLERANCE_NS = 20_000_000
 
 @dataclass
 class ReplayReport:
-    """What a replay read, dropped and produced (summed over its bags)."""
+    """What a replay read, dropped and produced (summed over its bags). ``warmup_windows``: those of
+    ``windows`` cut before every stream had delivered a sample (the streams not yet started masked)."""
 
     samples: Counter[str] = field(default_factory=Counter)
     conversion_drops: Counter[str] = field(default_factory=Counter)
@@ -46,8 +50,9 @@ def iter_windows(
 
     ``pose`` is the ``(7,)`` ground-truth end-effector pose (``x y z qx qy qz qw``) nearest the
     window's pivot when the bag has one on ``config.sim.ee_pose_topic`` within 20 ms, else None.
-    Windows cut before every stream has delivered its first sample (the first frames of a bag) have
-    no known shape for that stream and are skipped, counted as ``warmup_windows``.
+    Every window is yielded, as the live node infers every window: one cut before a stream has
+    delivered its first sample (the first frames of a bag) has that stream masked, with no shape
+    (:func:`~.batch.to_batch` fills it in the model's layout), and is counted as ``warmup_windows``.
     """
     report = report if report is not None else ReplayReport()
     for path in paths:
@@ -69,9 +74,7 @@ def iter_windows(
 def _labelled(
     window: Window, poses: deque[tuple[int, np.ndarray]], assembler: WindowAssembler, report: ReplayReport
 ) -> Iterator[tuple[Window, np.ndarray | None]]:
-    if not assembler.shapes_known:
-        report.warmup_windows += 1
-        return
+    report.warmup_windows += not assembler.shapes_known
     report.windows += 1
     report.complete_windows += all(window.mask.values())
     yield window, nearest_pose(poses, window.stamp_ns)
@@ -85,24 +88,43 @@ def nearest_pose(poses: Iterable[tuple[int, np.ndarray]], stamp_ns: int) -> np.n
     return best[1]
 
 
-def collate_labelled(items: Sequence[tuple[Window, np.ndarray | None]]) -> Batch:
-    """DataLoader ``collate_fn`` for :class:`WindowDataset`: a :class:`Batch`, with poses when every
-    window has one."""
-    windows = [w for w, _ in items]
-    poses = [p for _, p in items]
-    return collate(windows, None if any(p is None for p in poses) else poses)
+def labelled_batch(
+    items: Sequence[tuple[Window, np.ndarray | None]], layout: Mapping[str, ModalitySpec]
+) -> Batch:
+    """``(window, pose)`` items (as :func:`iter_windows` yields them) as one :func:`~.batch.to_batch`
+    batch in ``layout``, with poses when every window has one."""
+    return to_batch([w for w, _ in items], layout, [p for _, p in items])
 
 
-def labelled_episode(path: str | Path, config: StructAlignConfig) -> Batch | None:
-    """Every window of one bag that has a ground-truth pose, as one :class:`Batch` (None if none)."""
+def labelled_episode(
+    path: str | Path, config: StructAlignConfig, layout: Mapping[str, ModalitySpec]
+) -> Batch | None:
+    """Every window of one bag that has a ground-truth pose, as one :class:`Batch` in ``layout``
+    (None if none)."""
     items = [(w, p) for w, p in iter_windows([path], config) if p is not None]
-    return collate_labelled(items) if items else None
+    return labelled_batch(items, layout) if items else None
+
+
+def bag_layout(paths: Sequence[str | Path], config: StructAlignConfig) -> dict[str, ModalitySpec]:
+    """The input layout of a new model for ``paths``: every enabled modality, in the config's order,
+    with its kind and its shape in the first window in which every stream has delivered (later
+    windows of another camera resolution are resized to it by :func:`~.batch.to_batch`).
+
+    Raises:
+        ValueError: no window of the bags has a sample of every stream.
+    """
+    names = config.enabled_modalities
+    for window, _ in iter_windows(paths, config):
+        if all(window.data[n].size for n in names):
+            return {n: ModalitySpec(config.modalities[n].kind, window.data[n].shape) for n in names}
+    raise ValueError(f"no window of {[str(p) for p in paths]} has a sample of every modality {names}")
 
 
 def check_topics(paths: Sequence[str | Path], config: StructAlignConfig) -> None:
     """Raise :class:`~structalign_ros.core.bags.BagTopicError` unless every bag records every enabled
-    modality's topic (from the metadata alone). Training needs them all: a window is only used once
-    every stream has delivered a sample, so a bag without one stream yields no window at all."""
+    modality's topic (from the metadata alone). Training needs them all: without one the stream is
+    masked in every window of the bag, which is far more often a topic named wrongly than the data
+    wanted (disable the modality instead)."""
     expected = [config.modalities[n].topic for n in config.enabled_modalities]
     for path in paths:
         has = {t: m for t, (m, _) in bag_info(path).topics.items()}
@@ -191,16 +213,27 @@ class WindowDataset(IterableDataset):
         yield from buffer
 
 
-def data_loader(dataset: WindowDataset, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding :class:`Batch` objects from ``dataset``."""
+def data_loader(
+    dataset: WindowDataset,
+    batch_size: int,
+    layout: Mapping[str, ModalitySpec],
+    workers: int = 0,
+    drop_last: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding :class:`Batch` objects from ``dataset`` in ``layout`` (the model's
+    specs, see :func:`labelled_batch`)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_labelled, drop_last=True
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=functools.partial(labelled_batch, layout=dict(layout)),
+        drop_last=drop_last,
     )
 
 
 def estimated_windows(paths: Sequence[str | Path], config: StructAlignConfig) -> int:
     """Windows the bags will yield, from their metadata alone (no message is read): the count of
-    pivot frames. An upper bound by the few warm-up windows each bag skips."""
+    pivot frames (an upper bound: the assembler drops a frame of a duplicate or stale stamp)."""
     topic = config.modalities[config.window.pivot].topic
     return sum(bag_info(p).topics.get(topic, ("", 0))[1] for p in paths)
 

@@ -47,7 +47,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import Batch, to_batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
 from structalign_ros.core.export import onnx_bytes
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
@@ -70,17 +70,27 @@ POLL_S = 0.05  # the child's longest idle wait for a command; the receiver's is 
 GUARDED = ("loss", "pose_pos_mm", "pose_rot_deg")  # the metrics new weights must not make worse
 
 
+@dataclass
+class _Row:
+    """One window of a :class:`ReplayBuffer`, already in the model's layout (a ``batch.WindowLike``)."""
+
+    stamp_ns: int
+    data: dict[str, np.ndarray]
+    mask: dict[str, bool]
+    pose: np.ndarray | None
+
+
 class ReplayBuffer:
     """The most recent windows, one row each; adding is O(1) per window.
 
-    Rows are single-window tensors, so sampling stacks only the rows it draws.
+    Rows are single windows in the model's layout (``layout``: the model's specs), so sampling
+    batches (with :func:`~.batch.to_batch`, as every path does) only the rows it draws.
     """
 
-    def __init__(self, capacity: int, modalities: tuple[str, ...]) -> None:
-        self.modalities = modalities
-        self._rows: collections.deque[tuple[dict[str, Tensor], Tensor, Tensor | None]] = collections.deque(
-            maxlen=capacity
-        )
+    def __init__(self, capacity: int, layout: Mapping[str, ModalitySpec]) -> None:
+        self.layout = dict(layout)
+        self.modalities = tuple(layout)
+        self._rows: collections.deque[_Row] = collections.deque(maxlen=capacity)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -89,16 +99,20 @@ class ReplayBuffer:
         """Append every window of ``batch`` (on the CPU); the oldest fall out beyond capacity."""
         if batch.modalities != self.modalities:
             raise ValueError(f"batch modalities {batch.modalities} != buffer's {self.modalities}")
-        for i in range(len(batch)):
-            inputs = {k: v[i].detach().cpu() for k, v in batch.inputs.items()}
-            pose = None if batch.pose is None else batch.pose[i].cpu()
-            self._rows.append((inputs, batch.mask[i].cpu(), pose))
+        inputs = {k: v.detach().cpu().numpy() for k, v in batch.inputs.items()}
+        mask = batch.mask.cpu().numpy()
+        poses = None if batch.pose is None else batch.pose.detach().cpu().numpy()
+        stamps = batch.stamps_ns.tolist() if len(batch.stamps_ns) == len(batch) else [0] * len(batch)
+        for i, stamp in enumerate(stamps):
+            data = {k: v[i] for k, v in inputs.items()}
+            present = {k: bool(mask[i, m]) for m, k in enumerate(self.modalities)}
+            self._rows.append(_Row(stamp, data, present, None if poses is None else poses[i]))
 
     def sample(self, size: int, generator: torch.Generator) -> Batch:
         """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
         rows = list(self._rows)
         pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
-        return self._stack([rows[i] for i in pick])
+        return self._batch([rows[i] for i in pick])
 
     def batches(self, size: int) -> list[Batch]:
         """Every window, oldest first, in batches of ``size`` (the last one smaller, but never a
@@ -107,14 +121,10 @@ class ReplayBuffer:
         cuts = list(range(0, len(rows), size))
         if len(cuts) > 1 and len(rows) - cuts[-1] < 2:
             cuts.pop()
-        return [self._stack(rows[a:b]) for a, b in zip(cuts, [*cuts[1:], len(rows)], strict=True)]
+        return [self._batch(rows[a:b]) for a, b in zip(cuts, [*cuts[1:], len(rows)], strict=True)]
 
-    def _stack(self, chosen: list[tuple[dict[str, Tensor], Tensor, Tensor | None]]) -> Batch:
-        inputs = {k: torch.stack([r[0][k] for r in chosen]) for k in self.modalities}
-        mask = torch.stack([r[1] for r in chosen])
-        poses = [r[2] for r in chosen]
-        pose = torch.stack(poses) if all(p is not None for p in poses) else None
-        return Batch(inputs, mask, self.modalities, pose=pose)
+    def _batch(self, rows: list[_Row]) -> Batch:
+        return to_batch(rows, self.layout, [r.pose for r in rows])
 
 
 @dataclass
@@ -181,9 +191,9 @@ class _Failed:
     reason: str
 
 
-def _to_numpy(batch: Batch) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+def _to_numpy(batch: Batch) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     pose = None if batch.pose is None else batch.pose.numpy()
-    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), pose
+    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), batch.stamps_ns.numpy(), pose
 
 
 class OnlineTrainer:
@@ -408,23 +418,24 @@ class _Child:
         kinds = {n: s.kind for n, s in specs.items()}
         self.objective = build_objective(config.objective, kinds, model_cfg.embed_dim).to(self.device)
         self.optimizer = make_optimizer(self.model, self.objective, config.train)
-        self.buffer = ReplayBuffer(config.train.replay_capacity, model.modalities)
+        self.buffer = ReplayBuffer(config.train.replay_capacity, model.specs)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.outbox = outbox
         self.progress = Progress(steps=steps)
         self.published_at = steps
         # the guard: held-out windows, and the weights in use in the node to judge new ones against
-        self.holdout = ReplayBuffer(config.train.guard_windows, model.modalities)
+        self.holdout = ReplayBuffer(config.train.guard_windows, model.specs)
         self.received = 0
         self.serving = copy.deepcopy((self.model.state_dict(), self.objective.state_dict()))
 
-    def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]) -> None:
-        inputs, mask, pose = item
+    def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+        inputs, mask, stamps, pose = item
         batch = Batch(
             {k: torch.from_numpy(inputs[k]) for k in self.model.modalities},
             torch.from_numpy(mask),
             self.model.modalities,
-            pose=None if pose is None else torch.from_numpy(pose),
+            torch.from_numpy(stamps),
+            None if pose is None else torch.from_numpy(pose),
         )
         every = self.config.train.guard_every
         number = torch.arange(self.received + 1, self.received + 1 + len(batch))

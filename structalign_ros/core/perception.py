@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from structalign_ros.core.bags import iter_messages
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import to_batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
 from structalign_ros.core.dataset import nearest_pose
@@ -102,14 +101,6 @@ class WindowOutput:
     quaternion: np.ndarray
     arrival_ns: int | None
     pose_error: tuple[float, float] | None
-
-
-def _fit_frame(x: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """Resize a ``(1, H, W[, 3])`` camera or depth frame to the model's ``shape`` (area averaging for
-    colour; nearest for depth, which must not blend an edge's foreground and background)."""
-    height, width = shape[1], shape[2]
-    interp = cv2.INTER_AREA if kind == "image" else cv2.INTER_NEAREST
-    return cv2.resize(x[0], (width, height), interpolation=interp)[None]
 
 
 BEHIND = "window dropped: inference fell behind"
@@ -326,27 +317,6 @@ class PerceptionPipeline:
         trusted = torch.from_numpy(trust >= DISTRUSTED)[None]
         return ModelOutput(out.embeddings, fused, weights, pose.to(out.pose.dtype), out.pose_experts), trusted
 
-    def _batch(self, window: Window, pose: np.ndarray | None) -> Batch:
-        inputs, present = {}, []
-        for name, spec in self.specs.items():
-            x = window.data.get(name)
-            ok = x is not None and window.mask[name]
-            if ok and spec.kind in ("image", "depth") and x.shape != spec.shape:
-                x = _fit_frame(x, spec.shape, spec.kind)
-            if ok and x.shape != spec.shape:
-                self._count(f"{name}: window shape {x.shape} does not fit the model's {spec.shape}; masked")
-                ok = False
-            if ok:
-                inputs[name] = torch.from_numpy(np.ascontiguousarray(x))[None]
-            else:
-                dtype = torch.uint8 if spec.kind == "image" else torch.float32
-                inputs[name] = torch.zeros((1, *spec.shape), dtype=dtype)
-            present.append(ok)
-        mask = torch.tensor([present], dtype=torch.bool)
-        stamps = torch.tensor([window.stamp_ns], dtype=torch.int64)
-        label = None if pose is None else torch.from_numpy(pose)[None]
-        return Batch(inputs, mask, self.modalities, stamps, label)
-
     def _nearest_pose(self, stamp: int) -> np.ndarray | None:
         with self.lock:
             poses = list(self._poses)
@@ -361,7 +331,8 @@ class PerceptionPipeline:
         """
         t0 = time.monotonic_ns()
         pose = self._nearest_pose(window.stamp_ns)
-        batch = self._batch(window, pose)
+        # the model's layout: its modality order, frames resized to its input, missing inputs masked
+        batch = to_batch([window], self.specs, [pose], mismatch=self._count)
         if not batch.mask.any():
             self._count("window with no usable modality; skipped")
             return None

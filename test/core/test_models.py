@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from structalign_ros.core.batch import Batch, collate
 from structalign_ros.core.config import ModelConfig
 from structalign_ros.core.models import ModalitySpec, MultimodalModel, masked_weights
 from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix, rotation_6d_to_matrix
@@ -78,30 +77,6 @@ def test_rotation_6d_round_trip_and_quaternions():
     assert torch.allclose(
         quaternion_to_matrix(qz) @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), atol=1e-6
     )
-
-
-class _W:
-    def __init__(self, stamp, data, mask):
-        self.stamp_ns, self.data, self.mask = stamp, data, mask
-
-
-def test_collate_stacks_windows_into_the_batch_layout():
-    import numpy as np
-
-    wins = [
-        _W(
-            i,
-            {"imu": np.full((4, 6), i, np.float32), "depth": np.zeros((1, 5, 5), np.float32)},
-            {"imu": True, "depth": i == 0},
-        )
-        for i in range(3)
-    ]
-    batch = collate(wins)
-    assert batch.modalities == ("imu", "depth") and len(batch) == 3
-    assert batch.inputs["imu"].shape == (3, 4, 6) and batch.inputs["imu"][2, 0, 0] == 2
-    assert batch.mask.tolist() == [[True, True], [True, False], [True, False]]
-    with pytest.raises(ValueError, match="mask"):
-        Batch(batch.inputs, batch.mask.int(), batch.modalities)
 
 
 def test_a_masked_batch_zeroes_and_masks_only_what_it_drops():

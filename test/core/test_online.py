@@ -21,6 +21,7 @@ from structalign_ros.core.online import (
     ReplayBuffer,
     WeightUpdate,
     _Child,
+    _to_numpy,
     _Weights,
     no_worse,
 )
@@ -77,7 +78,7 @@ def served_by(state, model, probe):
 
 
 def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
-    buf = ReplayBuffer(10, world.modalities)
+    buf = ReplayBuffer(10, make_model(world).specs)
     for s in range(3):
         buf.add(world.batch(4, seed=s)[0])
     assert len(buf) == 10
@@ -88,7 +89,7 @@ def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
 
 
 def test_replay_buffer_batches_cover_every_window_in_order(world):
-    buf = ReplayBuffer(100, world.modalities)
+    buf = ReplayBuffer(100, make_model(world).specs)
     batch, _ = world.batch(11, seed=5)
     buf.add(batch)
     parts = buf.batches(4)
@@ -127,15 +128,11 @@ def child_of(world):
         state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
         child = _Child(model.specs, model.cfg, state, 0, config(**train), outbox)
         for s in range(6):
-            child.take(as_item(world.batch(16, seed=700 + s)[0]))
+            child.take(_to_numpy(world.batch(16, seed=700 + s)[0]))
         return child, outbox
 
     yield build
     torch.set_num_threads(threads)
-
-
-def as_item(batch):
-    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), batch.pose.numpy()
 
 
 def test_the_guard_holds_windows_out_and_rejects_worse_weights(world, child_of):
