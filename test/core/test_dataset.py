@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.dataset import ReplayReport, WindowDataset, data_loader, iter_windows
+from structalign_ros.core.dataset import ReplayReport, WindowDataset, bag_layout, data_loader, iter_windows
 from structalign_ros.core.sim.record import record_episode
 
 
@@ -60,10 +60,13 @@ def test_shuffle_buffer_reorders_but_keeps_every_window(bags):
 
 def test_data_loader_with_workers_gives_batches(bags):
     cfg, paths = bags
-    loader = data_loader(WindowDataset(paths, cfg, shuffle_buffer=8), batch_size=8, workers=2)
+    layout = bag_layout(paths, cfg)
+    loader = data_loader(WindowDataset(paths, cfg, shuffle_buffer=8), 8, layout, workers=2)
     batches = list(loader)
     # Each worker replays one bag and drops its own last partial batch.
     assert len(batches) == sum(len(list(iter_windows([p], cfg))) // 8 for p in paths)
     b = batches[0]
     assert b.inputs["imu"].shape == (8, 16, 6) and b.mask.shape == (8, 6)
     assert b.pose is not None and b.pose.shape == (8, 7)
+    assert b.modalities == tuple(cfg.enabled_modalities) == tuple(layout)
+    assert layout["rgb"].shape == (1, 128, 128, 3) and layout["joints"].shape == (16, 3, 4)
