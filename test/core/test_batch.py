@@ -129,7 +129,7 @@ def test_live_and_offline_batch_the_same_window_alike_warm_up_windows_included(s
     live: dict[int, Batch] = {}
     predict = pipeline.predictor
     pipeline.predictor = lambda batch: (live.setdefault(int(batch.stamps_ns[0]), batch), predict(batch))[1]
-    outputs = perception.replay(pipeline, [foreign_bag], small_world.config.sim.ee_pose_topic)
+    outputs = perception.replay(pipeline, [foreign_bag], small_world.config.ground_truth_topic)
 
     report = ReplayReport()
     items = list(iter_windows([foreign_bag], small_world.config, report))
