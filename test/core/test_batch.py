@@ -171,7 +171,7 @@ def test_a_bag_of_another_camera_resolution_trains_and_evaluates_with_the_checkp
     # the command, with the ONNX backend (whose graph has the checkpoint's frame size)
     out = tmp_path / "eval"
     args = ["eval", "--bags", str(foreign_bag), "--model", str(small_world.checkpoint), "--out", str(out)]
-    assert main([*args, "--backend", "onnx", "--no-baselines", "--no-plots", "--threads", "1"]) == 0
+    assert main([*args, "--backend", "onnx", "--no-baselines", "--no-plots"]) == 0
 
 
 def test_a_batch_in_another_modality_order_is_refused(small_world, foreign_bag):
