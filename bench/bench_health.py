@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig, from_dict, to_dict
+from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig
+from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.sim.record import record_episode
@@ -56,7 +57,7 @@ def run(bag: Path, fault: FaultConfig | None, health: bool) -> tuple[np.ndarray,
     if fault is not None:
         injector = FaultInjector(fault)
         alter = lambda kind, msg: fault_message(kind, msg, injector) if kind == fault.modality else msg  # noqa: E731
-    outputs = [o for o in replay(pipeline, [bag], config.sim.ee_pose_topic, alter) if o.pose_error]
+    outputs = [o for o in replay(pipeline, [bag], config.ground_truth_topic, alter) if o.pose_error]
     stamps = np.array([o.stamp_ns for o in outputs])
     return (
         (stamps - stamps[0]) * 1e-9,

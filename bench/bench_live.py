@@ -49,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.config import FAULT_KINDS, FRAME_KINDS, MODALITY_KINDS, StructAlignConfig, save_yaml
+from structalign_ros.core.config import FAULT_KINDS, FRAME_KINDS, MODALITY_KINDS, StructAlignConfig
+from structalign_ros.core.config_io import save_yaml
 
 SERIES_FAULTS = ("noise", "stuck", "bias", "zero", "delay")
 FRAME_FAULTS = ("blackout", "occlude")

@@ -56,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.config import FRAME_KINDS, StructAlignConfig, save_yaml
+from structalign_ros.core.config import FRAME_KINDS, StructAlignConfig
+from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import SimRobot
 
@@ -426,7 +427,7 @@ def main() -> int:
 
     import rclpy
 
-    from structalign_ros.core.config import load_yaml
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.ros.perception_node import responsive_threads
 
     arms = []
@@ -437,10 +438,11 @@ def main() -> int:
     config.runtime.threads = args.threads
     if args.model:
         config.node.model = str(Path(args.model).resolve())
-    config.node.ground_truth_topic = "" if args.no_ground_truth else config.sim.ee_pose_topic
 
     t0 = time.perf_counter()
     stream = render(config, args.seed, args.warmup + args.seconds, not args.no_ground_truth)
+    if args.no_ground_truth:  # the node is not told of it (the stream keeps it, for scoring)
+        config.ground_truth_topic = ""
     gc.freeze()  # a full collection over the rendered messages would stall the publisher for ~0.5 s
     print(
         f"rendered {len(stream.messages)} messages ({args.warmup + args.seconds:g} s) in "

@@ -33,7 +33,8 @@ import torch
 
 from structalign_ros.core.baselines import fit_baselines
 from structalign_ros.core.batch import concat
-from structalign_ros.core.config import StructAlignConfig, load_yaml
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config_io import load_yaml
 from structalign_ros.core.dataset import labelled_episode
 from structalign_ros.core.quality import format_quality, model_pose, quality_report
 from structalign_ros.core.train import load_checkpoint

@@ -47,7 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from structalign_ros.core.config import StructAlignConfig, from_dict, save_yaml, to_dict
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 
 NODE = "structalign_perception"
 START_TIMEOUT_S = 180.0  # a node that has not reported by then failed to configure (see its log)
@@ -140,7 +141,7 @@ class DiagnosticsWatch:
 
 def _params(folder: Path) -> Path:
     data = to_dict(StructAlignConfig())
-    data["node"].update({"ground_truth_topic": StructAlignConfig().sim.ee_pose_topic, "finetune": True})
+    data["node"].update({"finetune": True})  # ground_truth_topic: the simulator's, the default
     data["train"].update({"checkpoint_dir": str(folder / "ckpt")})
     path = folder / "params.yaml"
     save_yaml(from_dict(data), path)

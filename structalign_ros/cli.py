@@ -5,7 +5,8 @@ Each command lives in its own module under :mod:`structalign_ros.commands` with 
 ``structalign --help`` stays instant and a command never pays for another's heavy imports.
 
 A :class:`~structalign_ros.core.bags.BagError` (a bag unreadable, or with topics the configuration does
-not read) ends any command with its one-paragraph message on stderr and exit code 1, no traceback.
+not read) or a :class:`~structalign_ros.core.config.ConfigError` (an unknown key or an invalid value in
+``--config`` or ``--set``) ends any command with its message on stderr and exit code 1, no traceback.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     # A bag that cannot be read or does not fit the configuration (a user's own bag) is an answer for
     # the user, not a traceback, whichever command and whichever stage of it met the bag.
     from structalign_ros.core.bags import BagError
+    from structalign_ros.core.config import ConfigError
 
     try:
         return int(module.run(args) or 0)
-    except BagError as exc:
+    except (BagError, ConfigError) as exc:
         print(f"structalign {known.command}: {exc}", file=sys.stderr)
         return 1
 

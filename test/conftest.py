@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from structalign_ros.core.config import StructAlignConfig, from_dict, save_yaml
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config_io import from_dict, save_yaml
 
 
 def small_config(**sections) -> StructAlignConfig:

@@ -1,1 +1,2 @@
-"""One module per ``structalign`` command: ``configure(parser)`` and ``run(args) -> int``."""
+"""One module per ``structalign`` command: ``configure(parser)`` and ``run(args) -> int``; ``options``
+holds the options several of them share."""

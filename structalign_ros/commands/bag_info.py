@@ -7,7 +7,8 @@ import sys
 from collections import Counter
 
 from structalign_ros.core.bags import BagError, bag_info
-from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
+from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import load_yaml
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"structalign bag-info: {exc}", file=sys.stderr)
         return 1
     modality_of = {m.topic: name for name, m in config.modalities.items() if m.enabled}
-    modality_of[config.sim.ee_pose_topic] = "(ground truth)"
+    modality_of[config.ground_truth_topic] = "(ground truth)"
     for path, info in zip(args.bags, infos, strict=True):
         seconds = info.duration_ns / 1e9
         print(f"{path}: {seconds:.2f} s")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from structalign_ros.commands.options import add_set_argument
 from structalign_ros.commands.play import add_fault_arguments, resolve_fault
 from structalign_ros.core.config import ConfigError, FaultConfig, StructAlignConfig
 from structalign_ros.core.dataset import POSE_TOLERANCE_NS
@@ -36,6 +37,7 @@ from structalign_ros.core.dataset import POSE_TOLERANCE_NS
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
     parser.add_argument("--config", default=None, help="ROS parameter file (default: built-in config)")
+    add_set_argument(parser)  # both nodes get them, over the file's values
     parser.add_argument("--out", default=None, help="run folder for the plots (default runs/demo-<time>)")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     # the fault options of structalign sim/play, with a camera blackout scheduled so that the weights'
@@ -177,11 +179,12 @@ def _plots(
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from structalign_ros.core.config import load_yaml
+    from structalign_ros.core.config_io import config_from_values, load_yaml, parse_assignments, save_values
     from structalign_ros.ros.run import StartError
 
     say = (lambda *a: None) if args.json else print
-    config = load_yaml(args.config) if args.config else StructAlignConfig()
+    overrides = parse_assignments(args.set)  # a bad key or value exits 1 with its message (cli.main)
+    config = config_from_values(overrides, load_yaml(args.config) if args.config else StructAlignConfig())
     if args.fault == "none":
         args.fault = ""
     try:
@@ -193,8 +196,12 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        sim_args = fault_parameters(fault)
+        if overrides:  # the simulator process reads them from a second parameter file
+            save_values(overrides, folder / "set.yaml")
+            sim_args = ["--params-file", str(folder / "set.yaml"), *sim_args]
         try:
-            with demo_graph(config, args.config, folder / "sim.log", fault_parameters(fault)) as demo:
+            with demo_graph(config, args.config, folder / "sim.log", sim_args, overrides) as demo:
                 node, monitor = demo.node, demo.monitor
                 say(
                     f"running the simulated robot and the suite for {args.seconds:.0f} s "
@@ -273,11 +280,16 @@ class DemoGraph:
 
 @contextlib.contextmanager
 def demo_graph(
-    config: StructAlignConfig, config_file: str | Path | None, log: Path, sim_args: list[str]
+    config: StructAlignConfig,
+    config_file: str | Path | None,
+    log: Path,
+    sim_args: list[str],
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[DemoGraph]:
-    """Run the ``sim_demo`` graph on ``config_file`` (None: built-in defaults; ``config`` must be what
-    it holds): the perception node in this process, the simulator as a child process (its output to
-    ``log``, ``sim_args`` its extra ROS arguments). rclpy must be initialised by the caller.
+    """Run the ``sim_demo`` graph on ``config_file`` (None: built-in defaults) and the perception
+    node's ``overrides`` (dotted names; ``config`` must be what they make): the perception node in
+    this process, the simulator as a child process (its output to ``log``, ``sim_args`` its extra ROS
+    arguments). rclpy must be initialised by the caller.
 
     Raises:
         StartError: the perception node failed to start.
@@ -290,10 +302,10 @@ def demo_graph(
 
     probe = Node("structalign_demo_monitor")
     try:
-        monitor = Monitor(probe, config.sim.ee_pose_topic, f"/{NAME}")
-        specs = graph("sim_demo", config)
+        monitor = Monitor(probe, config.ground_truth_topic, f"/{NAME}")
+        specs = graph("sim_demo")
         simulator = next(s for s in specs if not s.lifecycle)
-        with running([s for s in specs if s.lifecycle], config_file, extra=[probe]) as nodes:
+        with running([s for s in specs if s.lifecycle], config_file, [probe], overrides) as nodes:
             sim = start_simulator(simulator.executable, config_file, log, sim_args)
             try:
                 yield DemoGraph(nodes[NAME], monitor, probe, simulator.name)

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from structalign_ros.commands.options import add_set_argument
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -23,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="topics/windows to read the bags with (default: the model's)"
     )
+    add_set_argument(parser)  # over the model's config or --config; train.threads: torch's threads
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference backend")
     parser.add_argument(
         "--out", metavar="DIR", help="where eval.json and the plots go (default: PATH stem + _eval)"
@@ -30,7 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
     parser.add_argument("--max-windows", type=int, default=512, help="windows per retrieval pair")
     parser.add_argument("--geometry-windows", type=int, default=64, help="windows for the geometry metrics")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--no-plots", action="store_true", help="skip the plots")
     parser.add_argument(
         "--train-bags",
@@ -222,17 +224,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from structalign_ros.core.bags import BagError
-    from structalign_ros.core.config import ConfigError, load_yaml
+    from structalign_ros.core.config import ConfigError
+    from structalign_ros.core.config_io import apply_assignments, load_yaml
     from structalign_ros.core.evaluation import evaluate
     from structalign_ros.core.export import onnx_bytes
     from structalign_ros.core.runtime import Predictor
     from structalign_ros.core.train import CheckpointError, load_checkpoint
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
         ckpt = load_checkpoint(args.model)
-        config = load_yaml(args.config) if args.config else ckpt.config
+        config = apply_assignments(load_yaml(args.config) if args.config else ckpt.config, args.set)
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
         model = ckpt.build_model().eval()
         wanted = [n for n in config.enabled_modalities]
         if tuple(wanted) != model.modalities:

@@ -11,8 +11,8 @@ from structalign_ros.core.config import (
     ConfigError,
     FaultConfig,
     StructAlignConfig,
-    load_yaml,
 )
+from structalign_ros.core.config_io import load_yaml
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

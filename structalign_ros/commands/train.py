@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from structalign_ros.commands.options import add_set_argument
 from structalign_ros.core.config import OBJECTIVES
 from structalign_ros.core.hooks import TrainHooks
 
@@ -51,6 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--bags", nargs="+", required=True, metavar="BAG", help="rosbag2 directories (episodes)"
     )
     parser.add_argument("--config", metavar="FILE", help="parameter file (default: the built-in config)")
+    add_set_argument(parser)
     parser.add_argument(
         "--objective",
         choices=OBJECTIVE_CHOICES,
@@ -77,8 +79,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     parser.add_argument("--no-cache", action="store_true", help="re-read the bags every epoch")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: per rank)")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX export at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -88,10 +88,12 @@ class TrainError(RuntimeError):
 
 
 def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
-    """The config with the command-line choices applied (validated like a YAML file)."""
-    from structalign_ros.core.config import BASE_OBJECTIVES, from_dict, to_dict
+    """The config with the command-line choices applied (validated like a YAML file): ``--set``, then
+    the named options."""
+    from structalign_ros.core.config import BASE_OBJECTIVES
+    from structalign_ros.core.config_io import apply_assignments, from_dict, to_dict
 
-    data = to_dict(config)
+    data = to_dict(apply_assignments(config, args.set))
     obj, train = data["objective"], data["train"]
     if args.objective:
         obj["name"] = args.objective
@@ -234,10 +236,10 @@ class _Job:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     job = _load(args)
-    job.rank, job.world, job.device = _init_distributed(args.device)
+    if job.config.train.threads > 0:
+        torch.set_num_threads(job.config.train.threads)
+    job.rank, job.world, job.device = _init_distributed(job.config.runtime.device)
     _build(job)
     started = time.perf_counter()
     start_step = job.trainer.step
@@ -250,7 +252,8 @@ def _load(args: argparse.Namespace) -> _Job:
     """The config (the run's own when resuming, else the file with the command line's overrides)
     and the bags, split by episode."""
     from structalign_ros.core.bags import BagError
-    from structalign_ros.core.config import ConfigError, StructAlignConfig, load_yaml
+    from structalign_ros.core.config import ConfigError, StructAlignConfig
+    from structalign_ros.core.config_io import load_yaml
     from structalign_ros.core.dataset import estimated_windows, split_episodes
     from structalign_ros.core.train import CheckpointError, load_checkpoint
 
@@ -265,7 +268,9 @@ def _load(args: argparse.Namespace) -> _Job:
             config = apply_overrides(base, args)
         train_bags, val_bags = split_episodes(args.bags, args.val_fraction)
         windows = estimated_windows(train_bags, config)
-    except (ConfigError, CheckpointError, BagError, OSError, ValueError) as exc:
+    except ConfigError:
+        raise  # exit 1 with its message (cli.main), as every command's configuration error
+    except (CheckpointError, BagError, OSError, ValueError) as exc:
         raise TrainError(str(exc)) from exc
     if args.resume and not resuming:
         print(f"structalign train: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)

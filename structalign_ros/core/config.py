@@ -1,26 +1,15 @@
-"""One typed configuration tree for the whole suite, and its YAML form.
+"""One typed configuration tree for the whole suite: the schema.
 
-The same tree is read from the ROS parameter files in ``config/`` (``<node>: ros__parameters: ...``),
-from plain YAML given to the CLI, and stored inside checkpoints, so a model always records the exact
-configuration it was trained with. ROS parameters are the flattened view of the same tree
-(``modalities.rgb.topic``); :func:`flatten` and :func:`unflatten` convert between the two.
-
-Every section validates itself in ``__post_init__``; :func:`from_dict` rejects unknown keys and wrong
-types with the dotted path of the offending entry, so a typo in a YAML file is an error, not a default.
+Each section is a dataclass whose docstring describes every field (the first sentence becomes the ROS
+parameter description) and whose ``__post_init__`` validates it, so an invalid tree cannot be built.
+Reading and writing the tree (nested data, YAML and ROS parameter files, command-line ``--set``, old
+keys) is :mod:`structalign_ros.core.config_io`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
 
 from structalign_ros.core.convert import DEPTH_ENCODINGS
 
@@ -30,6 +19,8 @@ FRAME_KINDS = ("image", "depth")
 # Kinds whose values are 2-D grids (pixels, taxels): encoded, and compared in kernels, as images.
 GRID_KINDS = ("image", "depth", "tactile")
 RELIABILITIES = ("best_effort", "reliable")
+# Where the simulator publishes the true end-effector pose (``ground_truth_topic``'s default).
+GROUND_TRUTH_TOPIC = "/ground_truth/ee_pose"
 # Parameters rclpy declares itself; a parameter file may set them beside the tree.
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # The simulated arm's joints (structalign_ros.core.sim), the default joint order.
@@ -253,9 +244,9 @@ class SimConfig:
         taxel_rows: rows of the tactile grid on the contact pad.
         taxel_cols: columns of the tactile grid.
         physics_hz: physics steps per second; every sensor sample is stamped on a physics step.
-        ee_pose_topic: ground-truth end-effector pose (``geometry_msgs/PoseStamped``).
         object_pose_topic: ground-truth pose of the pushed object.
-        ground_truth_hz: rate of both ground-truth pose topics.
+        ground_truth_hz: rate of both ground-truth poses the simulator publishes (the end effector's on
+            the tree's ``ground_truth_topic``, and the object's).
         seed: episode seed of the live simulated robot (the box, the controller, the noise).
         episode_s: the live simulated robot starts a new episode (seed + 1) after this many seconds;
             stamps keep increasing across episodes.
@@ -271,7 +262,6 @@ class SimConfig:
     taxel_rows: int = 4
     taxel_cols: int = 4
     physics_hz: float = 1000.0
-    ee_pose_topic: str = "/ground_truth/ee_pose"
     object_pose_topic: str = "/ground_truth/object_pose"
     ground_truth_hz: float = 100.0
     seed: int = 0
@@ -428,6 +418,8 @@ class TrainConfig:
         head_steps: steps of the last offline stage, the pose experts refitted on frozen features
             (:mod:`core.headfit`); 0 skips it.
         head_lr: its learning rate.
+        threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
+            torch's default (one per core). Recorded in the checkpoint with the rest of the tree.
     """
 
     lr: float = 1e-3
@@ -449,12 +441,15 @@ class TrainConfig:
     validate_every: int = 100
     head_steps: int = 4000
     head_lr: float = 2e-3
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.noise_augment < 1:
             raise ConfigError(f"noise_augment={self.noise_augment} must be in [0, 1)")
         if self.validate_every < 0 or self.head_steps < 0:
             raise ConfigError("validate_every and head_steps must be >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0 (0: torch's default)")
         if not self.head_lr > 0:
             raise ConfigError(f"head_lr={self.head_lr} must be > 0")
         if not self.lr > 0:
@@ -487,7 +482,8 @@ class RuntimeConfig:
     Args:
         backend: ``onnx`` (ONNX Runtime, the default: one window of the default model takes 0.9 ms on
             one CPU thread against 3.5 ms in torch, docs/LEARNING.md) or ``torch``.
-        device: torch device for the torch backend (``cpu``, ``cuda``, ``cuda:1``), or ``auto``: CUDA
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``) of the torch backend, online fine-tuning
+            and offline training (under torchrun, ``cuda`` is each rank's own GPU), or ``auto``: CUDA
             when this machine has it, else the CPU.
         onnx_path: the exported model the ``onnx`` backend loads; empty: the loaded checkpoint is
             exported in memory at start-up.
@@ -522,8 +518,6 @@ class NodeConfig:
         base_frame: frame of the end-effector pose output (REP-105 ``base_link``).
         marker_frame: frame the RViz weight bar chart is drawn in.
         finetune: fine-tune online (GW-regularised, in a background process) while running.
-        ground_truth_topic: optional ``geometry_msgs/PoseStamped`` of the true end-effector pose; used
-            as supervision while fine-tuning and to report the pose error in diagnostics.
         checkpoint_period_s: how often fine-tuned weights are checkpointed (also on shutdown).
         diagnostics_period_s: period of the ``/diagnostics`` report.
         marker_lifetime_s: lifetime of the RViz markers, so a stopped node's chart disappears.
@@ -545,7 +539,6 @@ class NodeConfig:
     base_frame: str = "base_link"
     marker_frame: str = "base_link"
     finetune: bool = True
-    ground_truth_topic: str = ""
     checkpoint_period_s: float = 60.0
     diagnostics_period_s: float = 1.0
     marker_lifetime_s: float = 0.5
@@ -577,9 +570,18 @@ class NodeConfig:
 
 @dataclass
 class StructAlignConfig:
-    """The root of the configuration tree."""
+    """The root of the configuration tree.
+
+    Args:
+        ground_truth_topic: the true end-effector pose (``geometry_msgs/PoseStamped``); empty: none.
+            The simulator publishes it, training and evaluation read it from the bags, and the live
+            node fine-tunes on it (then only on windows it labels) and reports its pose error against
+            it. A robot without an end-effector ground truth sets it empty, else the node waits for
+            labelled windows and never fine-tunes.
+    """
 
     modalities: dict[str, ModalityConfig] = field(default_factory=_default_modalities)
+    ground_truth_topic: str = GROUND_TRUTH_TOPIC
     window: WindowConfig = field(default_factory=WindowConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -599,208 +601,3 @@ class StructAlignConfig:
     def enabled_modalities(self) -> list[str]:
         """Names of the enabled modalities, in configuration order."""
         return [name for name, m in self.modalities.items() if m.enabled]
-
-
-T = TypeVar("T")
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return _from_dict(hint, value, path)
-    if origin is dict:
-        _, vtype = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(v, vtype, f"{path}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        (etype, *_) = typing.get_args(hint)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
-        items = [_coerce(v, etype, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, path)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _from_dict(cls: type[T], data: dict[str, Any], path: str) -> T:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from None
-    except TypeError as exc:  # a required field is missing
-        raise ConfigError(f"{path or cls.__name__}: {exc}") from None
-
-
-def from_dict(data: dict[str, Any], cls: type[T] = StructAlignConfig) -> T:  # type: ignore[assignment]
-    """Build a validated config tree from nested plain data (as loaded from YAML)."""
-    return _from_dict(cls, data, "")
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Nested plain data (YAML- and checkpoint-safe) of a config tree."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(config)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> dotted names, the shape of ROS 2 parameters."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted names -> nested mapping; the inverse of :func:`flatten`."""
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = out
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def _ros_parameters(doc: dict[str, Any], node: str | None) -> dict[str, Any]:
-    """The ``ros__parameters`` block for ``node`` (or the wildcard ``/**``) of a ROS params file."""
-    candidates = [node, f"/{node}", "/**"] if node else ["/**"]
-    for key in candidates:
-        if key in doc and isinstance(doc[key], dict) and "ros__parameters" in doc[key]:
-            return doc[key]["ros__parameters"]
-    blocks = [k for k, v in doc.items() if isinstance(v, dict) and "ros__parameters" in v]
-    if len(blocks) == 1:
-        return doc[blocks[0]]["ros__parameters"]
-    raise ConfigError(f"no ros__parameters block for node {node!r}; found {blocks}")
-
-
-def read_values(path: str | Path, node: str | None = None) -> dict[str, Any]:
-    """The values of a parameter file for ``node`` (its ``ros__parameters`` block, or ``/**``) or of a
-    plain YAML tree, as a nested mapping, unvalidated; ROS's own parameters (``use_sim_time``) included.
-    """
-    with open(path, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    is_ros = any(isinstance(v, dict) and "ros__parameters" in v for v in doc.values())
-    data = _ros_parameters(doc, node) if is_ros else doc
-    return unflatten(data) if any("." in k for k in data) else data
-
-
-def load_yaml(path: str | Path, node: str | None = None) -> StructAlignConfig:
-    """Load a config from a ROS parameter file (``ros__parameters``) or a plain YAML tree.
-
-    ROS's own parameters in the file (:data:`ROS_OWN_PARAMETERS`) are not part of the tree and are
-    skipped here; the nodes pass them on to rclpy.
-    """
-    data = read_values(path, node)
-    return from_dict({k: v for k, v in data.items() if k not in ROS_OWN_PARAMETERS})
-
-
-def to_ros_yaml(config: StructAlignConfig, node: str = "/**") -> str:
-    """``config`` as the text of a ROS parameter file that :func:`load_yaml` and rclpy both read."""
-    return yaml.safe_dump({node: {"ros__parameters": to_dict(config)}}, sort_keys=False)
-
-
-def save_yaml(config: StructAlignConfig, path: str | Path, node: str = "/**") -> None:
-    """Write ``config`` to ``path`` as a ROS parameter file."""
-    Path(path).write_text(to_ros_yaml(config, node), encoding="utf-8")
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """``{field: description}`` from the ``Args:`` section of a config dataclass's docstring."""
-    docs: dict[str, str] = {}
-    lines = (cls.__doc__ or "").splitlines()
-    current = None
-    in_args = False
-    for line in lines:
-        stripped = line.strip()
-        if stripped == "Args:":
-            in_args = True
-            continue
-        if not in_args or not stripped:
-            continue
-        head, sep, rest = stripped.partition(": ")
-        names = [n.strip() for n in head.split(",")]
-        if sep and all(n.isidentifier() for n in names) and len(line) - len(line.lstrip()) <= 8:
-            for n in names:
-                docs[n] = rest
-            current = names
-        elif current:
-            for n in current:
-                docs[n] += " " + stripped
-    return docs
-
-
-# The end of a docstring entry's first sentence ("e.g." and "i.e." do not end one).
-_SENTENCE_END = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(0-9])")
-
-
-def describe(config: StructAlignConfig) -> dict[str, str]:
-    """Dotted parameter name -> its description, for every leaf of ``config``: the text ROS parameter
-    descriptors and ``structalign config`` show. The first sentence of the field's entry in its
-    dataclass docstring: the why and the measurements behind a default stay in the source."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        docs = _field_docs(type(node))
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            name = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{name}.")
-            elif isinstance(value, dict):
-                for key, item in value.items():
-                    walk(item, f"{name}.{key}.")
-            else:
-                text = _SENTENCE_END.split(docs.get(f.name, ""), maxsplit=1)[0].rstrip(".")
-                out[name] = f"{text}." if text else ""
-
-    walk(config, "")
-    return out

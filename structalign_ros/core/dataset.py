@@ -45,7 +45,7 @@ def iter_windows(
     """``(window, pose)`` for every window of every bag, in order.
 
     ``pose`` is the ``(7,)`` ground-truth end-effector pose (``x y z qx qy qz qw``) nearest the
-    window's pivot when the bag has one on ``config.sim.ee_pose_topic`` within 20 ms, else None.
+    window's pivot when the bag has one on ``config.ground_truth_topic`` within 20 ms, else None.
     Windows cut before every stream has delivered its first sample (the first frames of a bag) have
     no known shape for that stream and are skipped, counted as ``warmup_windows``.
     """
@@ -54,7 +54,7 @@ def iter_windows(
         assembler = WindowAssembler(config.modalities, config.window)
         report.assembler.append(assembler.stats)
         poses: deque[tuple[int, np.ndarray]] = deque(maxlen=64)
-        samples = iter_samples([path], config.modalities, report.conversion_drops, config.sim.ee_pose_topic)
+        samples = iter_samples([path], config.modalities, report.conversion_drops, config.ground_truth_topic)
         for name, stamp, value in samples:
             report.samples[name] += 1
             if name == "pose":

@@ -224,6 +224,8 @@ class PerceptionPipeline:
         self._resets_seen = 0
         self.sent_distrusted = 0  # windows offered to the trainer with a distrusted modality masked
         self._health_version = 0  # the model version the health references were measured on
+        # monotonic time of the first window of the current run without ground truth (None: labelled)
+        self._unlabelled_since: int | None = None
 
     # -- input --------------------------------------------------------------------------------
     def _count(self, reason: str) -> None:
@@ -356,7 +358,7 @@ class PerceptionPipeline:
         """The model's outputs for ``window`` (None when it cannot be used: counted with the reason).
 
         Thread-safe against :meth:`feed`; windows with at least two modalities present (something to
-        align) also go to the online trainer, when ``node.ground_truth_topic`` is set only those
+        align) also go to the online trainer, when ``ground_truth_topic`` is set only those
         labelled with ground truth.
         """
         t0 = time.monotonic_ns()
@@ -373,7 +375,11 @@ class PerceptionPipeline:
             out, trusted = self._apply_health(out, batch.mask)
         self.latency.add("inference", (time.monotonic_ns() - t0) * MS)
         trainer = self.trainer
-        labelled = pose is not None or not self.config.node.ground_truth_topic
+        labelled = pose is not None or not self.config.ground_truth_topic
+        if labelled:
+            self._unlabelled_since = None
+        elif self._unlabelled_since is None:
+            self._unlabelled_since = t0
         # the trainer (and its guard) sees a distrusted modality as missing, as the outputs nearly do
         learnable = batch if bool(trusted.all()) else batch.masked(trusted)
         if trainer is not None and labelled and int(learnable.mask.sum()) >= 2:
@@ -485,10 +491,20 @@ class PerceptionPipeline:
         }
 
     def _stall_warning(self) -> str:
-        """Why a running trainer makes no progress ("" when it does, or is not meant to)."""
+        """Why a running trainer makes no progress ("" when it does, or is not meant to): no step for
+        ``node.stall_warn_s``, or no window labelled with ground truth for that long."""
         trainer = self.trainer
-        if trainer is None or not trainer.running or trainer.sent < self.config.train.min_replay:
-            return ""  # off, or still collecting its first min_replay windows
+        if trainer is None or not trainer.running:
+            return ""
+        since = self._unlabelled_since
+        unlabelled_s = 0.0 if since is None else (time.monotonic_ns() - since) * 1e-9
+        if unlabelled_s > self.config.node.stall_warn_s:
+            return (
+                f"no ground truth on {self.config.ground_truth_topic} for {unlabelled_s:.0f} s: the trainer "
+                "gets no windows (a robot without an end-effector ground truth sets ground_truth_topic '')"
+            )
+        if trainer.sent < self.config.train.min_replay:
+            return ""  # still collecting its first min_replay windows
         idle = trainer.since_step_s
         if idle <= self.config.node.stall_warn_s:
             return ""

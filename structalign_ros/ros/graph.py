@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from structalign_ros.core.config import StructAlignConfig
-
 PACKAGE = "structalign_ros"
 
 
@@ -37,16 +35,14 @@ class NodeSpec:
     remappings: tuple[tuple[str, str], ...] = ()
 
 
-def perception(config: StructAlignConfig, ground_truth: bool = False) -> NodeSpec:
-    """The perception node; with ``ground_truth`` it also learns from and scores against the simulated
-    robot's true end-effector pose."""
-    params = {"node.ground_truth_topic": config.sim.ee_pose_topic} if ground_truth else {}
+def perception() -> NodeSpec:
+    """The perception node (it learns from and scores against ``ground_truth_topic`` when that is set,
+    as the simulator publishes it)."""
     return NodeSpec(
         "perception_node",
         "structalign_perception",
         "structalign_ros.ros.perception_node:PerceptionNode",
         lifecycle=True,
-        parameters=params,
     )
 
 
@@ -56,16 +52,16 @@ def simulator() -> NodeSpec:
 
 
 GRAPHS = {
-    "perception": lambda config: [perception(config)],
-    "sim_demo": lambda config: [simulator(), perception(config, ground_truth=True)],
+    "perception": (perception,),
+    "sim_demo": (simulator, perception),
 }
 
 
-def graph(name: str, config: StructAlignConfig) -> list[NodeSpec]:
+def graph(name: str) -> list[NodeSpec]:
     """The nodes of graph ``name`` (one of :data:`GRAPHS`)."""
     if name not in GRAPHS:
         raise ValueError(f"unknown graph {name!r}; graphs are {sorted(GRAPHS)}")
-    return GRAPHS[name](config)
+    return [node() for node in GRAPHS[name]]
 
 
 def launch_description(graph_name: str):  # -> launch.LaunchDescription (launch is not importable here)
@@ -93,7 +89,7 @@ def launch_description(graph_name: str):  # -> launch.LaunchDescription (launch 
             remappings=list(spec.remappings),
             output="screen",
         )
-        for spec in graph(graph_name, StructAlignConfig())
+        for spec in graph(graph_name)
     ]
     argument = DeclareLaunchArgument("config", default_value=default, description="ROS parameter file")
     return LaunchDescription([argument, *nodes])

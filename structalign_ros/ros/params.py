@@ -14,7 +14,6 @@ reason (:class:`LiveParameters`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,10 +21,9 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from structalign_ros.core.config import (
-    ROS_OWN_PARAMETERS,
-    ConfigError,
-    StructAlignConfig,
+from structalign_ros.core.config import ROS_OWN_PARAMETERS, ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import (
+    config_from_values,
     describe,
     flatten,
     from_dict,
@@ -37,25 +35,6 @@ from structalign_ros.core.config import (
 def node_options() -> dict[str, Any]:
     """Keyword arguments every structalign node passes to ``Node``/``LifecycleNode``."""
     return {"automatically_declare_parameters_from_overrides": True}
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def config_from_values(values: dict[str, Any], defaults: StructAlignConfig) -> StructAlignConfig:
-    """``defaults`` with the dotted ``values`` merged over it, validated.
-
-    Raises:
-        ConfigError: an unknown name or an invalid value; the message has its dotted path.
-    """
-    return from_dict(_merge(to_dict(defaults), unflatten(values)))
 
 
 def declare_config(node: Node, defaults: StructAlignConfig | None = None) -> StructAlignConfig:

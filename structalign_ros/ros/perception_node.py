@@ -224,9 +224,9 @@ class PerceptionNode(LifecycleNode):
                 subscriptions[name] = self.create_subscription(
                     MESSAGE_TYPES[m.kind], m.topic, _unused, qos, callback_group=polled
                 )
-            if config.node.ground_truth_topic:
+            if config.ground_truth_topic:
                 subscriptions[GROUND_TRUTH] = self.create_subscription(
-                    PoseStamped, config.node.ground_truth_topic, _unused, 10, callback_group=polled
+                    PoseStamped, config.ground_truth_topic, _unused, 10, callback_group=polled
                 )
             self._subscriptions_held = list(subscriptions.values())
             self._reader = SensorReader(subscriptions, self._on_sensor)

@@ -25,14 +25,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from structalign_ros.core.config import (
-    ROS_OWN_PARAMETERS,
-    StructAlignConfig,
-    flatten,
-    load_yaml,
-    read_values,
-    to_dict,
-)
+from structalign_ros.core.config import ROS_OWN_PARAMETERS, StructAlignConfig
+from structalign_ros.core.config_io import flatten, load_yaml, read_values, to_dict
 from structalign_ros.ros.graph import NodeSpec
 from structalign_ros.ros.perception_node import autostart, responsive_threads
 
@@ -41,30 +35,36 @@ class StartError(RuntimeError):
     """A lifecycle node of the graph could not be configured or activated; the message says why."""
 
 
-def node_parameters(config_file: str | Path | None, spec: NodeSpec) -> list[Parameter]:
+def node_parameters(
+    config_file: str | Path | None, spec: NodeSpec, overrides: dict[str, Any] | None = None
+) -> list[Parameter]:
     """The parameters ``spec`` starts with: the file's values for its name (``use_sim_time``
-    included), then the graph's own."""
+    included), then ``overrides`` (dotted names: the CLI's ``--set``), then the graph's own."""
     config = load_yaml(config_file, spec.name) if config_file else StructAlignConfig()
     values = flatten(to_dict(config))
     if config_file:
         own = read_values(config_file, spec.name)
         values.update({k: own[k] for k in ROS_OWN_PARAMETERS if k in own})
+    values.update(overrides or {})
     values.update(spec.parameters)
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def build(spec: NodeSpec, config_file: str | Path | None) -> Node:
+def build(spec: NodeSpec, config_file: str | Path | None, overrides: dict[str, Any] | None = None) -> Node:
     module, cls = spec.factory.split(":")
     factory = getattr(importlib.import_module(module), cls)
-    return factory(parameter_overrides=node_parameters(config_file, spec))
+    return factory(parameter_overrides=node_parameters(config_file, spec, overrides))
 
 
 @contextmanager
 def running(
-    specs: Sequence[NodeSpec], config_file: str | Path | None = None, extra: Sequence[Node] = ()
+    specs: Sequence[NodeSpec],
+    config_file: str | Path | None = None,
+    extra: Sequence[Node] = (),
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Build, start and spin the nodes of ``specs`` (see :func:`~structalign_ros.ros.graph.graph`);
-    yields ``{node name: node}``.
+    yields ``{node name: node}``. Every node gets ``config_file``'s values and then ``overrides``.
 
     ``extra`` nodes (monitors, test probes) spin on the same executor. On exit the lifecycle nodes are
     shut down (checkpointing), the executor stopped and every node destroyed. rclpy must be
@@ -79,7 +79,7 @@ def running(
     thread = threading.Thread(target=executor.spin, name="structalign-executor", daemon=True)
     try:
         for spec in specs:
-            nodes[spec.name] = build(spec, config_file)
+            nodes[spec.name] = build(spec, config_file, overrides)
             executor.add_node(nodes[spec.name])
         for node in extra:
             executor.add_node(node)

@@ -41,7 +41,7 @@ def expected_counts(cfg):
     steps = round(SECONDS * cfg.sim.physics_hz)
     counts = {m.topic: int(np.ceil(steps * m.rate_hz / cfg.sim.physics_hz)) for m in cfg.modalities.values()}
     gt = int(np.ceil(steps * cfg.sim.ground_truth_hz / cfg.sim.physics_hz))
-    counts[cfg.sim.ee_pose_topic] = counts[cfg.sim.object_pose_topic] = gt
+    counts[cfg.ground_truth_topic] = counts[cfg.sim.object_pose_topic] = gt
     return counts
 
 
@@ -54,7 +54,7 @@ def test_bag_has_every_topic_with_standard_types(episodes, storage):
     assert topics["/ee/imu"][0] == "sensor_msgs/msg/Imu"
     assert topics["/joint_states"][0] == "sensor_msgs/msg/JointState"
     assert topics["/tactile/image"][0] == "sensor_msgs/msg/Image"
-    assert topics[cfg.sim.ee_pose_topic][0] == "geometry_msgs/msg/PoseStamped"
+    assert topics[cfg.ground_truth_topic][0] == "geometry_msgs/msg/PoseStamped"
 
 
 def test_storages_hold_the_same_samples(episodes):

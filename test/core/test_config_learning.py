@@ -2,7 +2,8 @@
 
 import pytest
 
-from structalign_ros.core.config import ConfigError, StructAlignConfig, from_dict, load_yaml, save_yaml
+from structalign_ros.core.config import ConfigError, StructAlignConfig
+from structalign_ros.core.config_io import from_dict, load_yaml, save_yaml
 
 
 def test_learning_sections_round_trip(tmp_path):

@@ -2,7 +2,8 @@
 
 from structalign_ros.cli import main
 from structalign_ros.core.bags import bag_info
-from structalign_ros.core.config import StructAlignConfig, save_yaml
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config_io import save_yaml
 
 
 def test_sim_then_bag_info(tmp_path, capsys):

@@ -86,7 +86,8 @@ def test_eval_on_a_bag_without_the_object_pose(small_world, no_object_bag, tmp_p
     out = tmp_path / "eval"
     proc = cli(
         "eval", "--bags", str(no_object_bag), "--model", str(small_world.checkpoint),
-        "--out", str(out), "--no-plots", "--threads", "1", "--max-windows", "32", "--geometry-windows", "16",
+        "--out", str(out), "--no-plots", "--set", "train.threads=1", "--max-windows", "32",
+        "--geometry-windows", "16",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -144,7 +145,7 @@ def test_eval_shows_the_baselines_on_a_bag_of_sensor_topics_and_an_ee_pose_only(
     out = tmp_path / "eval"
     proc = cli(
         "eval", "--bags", str(no_object_bag), "--train-bags", str(small_world.bag),
-        "--model", str(small_world.checkpoint), "--out", str(out), "--no-plots", "--threads", "1",
+        "--model", str(small_world.checkpoint), "--out", str(out), "--no-plots", "--set", "train.threads=1",
         "--max-windows", "32", "--geometry-windows", "16",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

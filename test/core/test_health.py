@@ -142,7 +142,8 @@ def replay_faulted(bag, fault, sensor_health: bool, train=None):
     """The shipped model on ``bag`` through the live pipeline, ``fault`` injected from 12 s to 16 s:
     per window (seconds from the start, weights, position error mm), and the pipeline's report at the
     end. ``train``: fine-tuning on, with these ``train`` settings."""
-    from structalign_ros.core.config import FaultConfig, StructAlignConfig, from_dict, to_dict
+    from structalign_ros.core.config import FaultConfig, StructAlignConfig
+    from structalign_ros.core.config_io import from_dict, to_dict
     from structalign_ros.core.perception import PerceptionPipeline, replay
     from structalign_ros.core.sim.faults import FaultInjector, fault_message
     from structalign_ros.core.train import load_checkpoint
@@ -162,7 +163,7 @@ def replay_faulted(bag, fault, sensor_health: bool, train=None):
         outputs = replay(
             pipe,
             [bag],
-            config.sim.ee_pose_topic,
+            config.ground_truth_topic,
             lambda kind, msg: fault_message(kind, msg, injector) if kind == modality else msg,
         )
     finally:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from structalign_ros.cli import main
-from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig, save_yaml
+from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
+from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.dataset import WindowDataset, iter_windows, split_episodes
 from structalign_ros.core.models import ModalitySpec, MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE
@@ -86,13 +87,16 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     paths, cfg = episodes
     run = tmp_path / "run"
     args = ["train", "--bags", *paths, "--config", cfg, "--objective", "pairwise", "--batch-size", "8"]
-    args += ["--out", str(run), "--threads", "1", "--checkpoint-every", "2", "--quiet", "--pose-weight", "1"]
+    args += ["--out", str(run), "--checkpoint-every", "2", "--quiet", "--pose-weight", "1"]
+    args += ["--set", "train.threads=1", "--set", "runtime.device=cpu", "--set", "train.lr=5e-4"]
     assert main([*args, "--steps", "3"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["onnx_max_abs_diff"] < 1e-4
     assert "pose_pos_mae" in summary["val"]
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.step == 3 and ckpt.config.objective.pose_weight == 1.0
+    # --set keys are recorded with the rest of the tree, device and threads included
+    assert (ckpt.config.train.threads, ckpt.config.runtime.device, ckpt.config.train.lr) == (1, "cpu", 5e-4)
     assert ckpt.config.train.checkpoint_dir == ""  # RUN is not baked into the shipped config
     assert (run / "model.onnx").stat().st_size > 0 and load_checkpoint(run / "model.pt").step == 3
     best = json.loads((run / "best.json").read_text())

@@ -103,7 +103,7 @@ def test_rounding_gives_a_nonnegative_exact_coupling_even_with_underflowed_entri
     T = torch.rand(4, 20, 20, dtype=torch.float64, generator=g) * (torch.rand(4, 20, 20, generator=g) > 0.7)
     T = T / T.sum((-2, -1), keepdim=True)  # zeros where mass underflowed; marginals off
     p = torch.full((4, 20), 1 / 20, dtype=torch.float64)
-    R = round_to_coupling(T, p, p)
+    R = round_to_coupling(T, p=p, q=p)
     assert (R >= 0).all() and torch.isfinite(R.log()[R > 0]).all()
     torch.testing.assert_close(R.sum(-1), p, rtol=0, atol=1e-15)
     torch.testing.assert_close(R.sum(-2), p, rtol=0, atol=1e-15)

@@ -25,7 +25,7 @@ from structalign_ros.core.ot import (
     sinkhorn,
     sinkhorn2,
 )
-from structalign_ros.core.ot._solver import initial_plan, solve_plan
+from structalign_ros.core.ot._solver import SolverOptions, initial_plan, solve_plan
 
 F64 = torch.float64
 QUICK = {"max_iter": 30, "inner_max_iter": 100}  # a fixed, small budget where the test needs no optimum
@@ -161,11 +161,14 @@ def test_outer_loop_cannot_stop_on_an_unfinished_projection():
     pb, qb = p[None], q[None]
     from structalign_ros.core.ot.gw import gw_gradient
 
-    grad = gw_gradient(C1[None], C2[None], pb, qb)
-    start = initial_plan("product", pb, qb, "proximal")
+    grad = gw_gradient(C1[None], C2[None], p=pb, q=qb)
+    start = initial_plan("product", p=pb, q=qb, solver="proximal")
     # 2 Sinkhorn iterations per step: the plan barely moves, but it is nowhere near a coupling
+    options = SolverOptions(
+        epsilon=0.001, solver="proximal", max_iter=20, tol=1e-1, inner_max_iter=2, inner_tol=1e-9
+    )
     with pytest.warns(OTConvergenceWarning, match="raise inner_max_iter"):
-        solve_plan(grad, pb, qb, start, 0.001, max_iter=20, tol=1e-1, inner_max_iter=2, inner_tol=1e-9)
+        solve_plan(grad, p=pb, q=qb, start=start, options=options)
 
 
 def test_every_stop_short_warns_and_names_the_knob():

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from structalign_ros.core import perception
-from structalign_ros.core.config import from_dict, to_dict
+from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, check_model
 from structalign_ros.core.train import load_checkpoint
 
 
 def replay(pipeline, world, alter=None, truth=True):
     """The episode fed in bag order (with its ground-truth poses when ``truth``); returns the outputs."""
-    return perception.replay(pipeline, [world.bag], world.config.sim.ee_pose_topic if truth else "", alter)
+    return perception.replay(pipeline, [world.bag], world.config.ground_truth_topic if truth else "", alter)
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_a_disabled_modality_is_fed_as_missing(small_world):
 
 
 def test_with_a_ground_truth_topic_only_labelled_windows_reach_the_trainer(small_world):
-    config = from_dict({**to_dict(small_world.config), "node": {"ground_truth_topic": "/ee_truth"}})
+    config = from_dict({**to_dict(small_world.config), "ground_truth_topic": "/ee_truth"})
     pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
     pipeline.start_finetuning()
     try:
@@ -209,6 +209,23 @@ def test_a_starved_trainer_is_reported_and_the_report_clears_when_it_steps_again
         assert finetune()["since_step_s"] == 0.0 and finetune()["warning"] == ""  # paused: not a stall
     finally:
         os.kill(child, signal.SIGCONT)
+        pipeline.close()
+
+
+def test_fine_tuning_without_the_configured_ground_truth_warns_and_names_the_topic(small_world):
+    config = from_dict({**to_dict(small_world.config), "node": {"stall_warn_s": 0.5}})
+    assert config.ground_truth_topic
+    pipeline = PerceptionPipeline(config, load_checkpoint(small_world.checkpoint), warn=lambda m: None)
+    pipeline.start_finetuning()
+    try:
+        replay(pipeline, small_world, truth=False)  # the topic is configured, but nothing comes on it
+        deadline = time.monotonic() + 30.0
+        while not pipeline.report()["finetune"]["warning"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = pipeline.report()["finetune"]
+        assert report["warning"].startswith(f"no ground truth on {config.ground_truth_topic} for")
+        assert report["sent"] == 0  # no unlabelled window went to the trainer
+    finally:
         pipeline.close()
 
 

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.train import load_checkpoint
@@ -42,8 +42,8 @@ def test_a_model_trained_from_bags_runs_live_on_onnx_runtime(small_world, tmp_pa
             "8",
             "--pose-weight",
             "1",
-            "--threads",
-            "1",
+            "--set",
+            "train.threads=1",
             "--quiet",
             "--out",
             str(run),

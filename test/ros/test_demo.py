@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.train import load_checkpoint, save_checkpoint
 
 
@@ -37,6 +37,10 @@ def test_demo_runs_the_whole_suite_on_the_simulated_robot(small_world, ros_env, 
             "wrench:stuck",
             "--fault-start",
             "3",
+            # both processes read the key: the simulator publishes the ground truth there, the node
+            # fine-tunes on it and the monitor scores against it
+            "--set",
+            "ground_truth_topic=/elsewhere/ee_pose",
         ],
         capture_output=True,
         text=True,
@@ -55,7 +59,7 @@ def test_demo_runs_the_whole_suite_on_the_simulated_robot(small_world, ros_env, 
     # scored against the simulator's ground truth with the same stamp: a finite error (untrained model)
     assert math.isfinite(summary["ee_pos_err_mm"]) and summary["ee_pos_err_mm"] > 0
     assert 0 < summary["finetune_steps"] < 500  # fine-tuning is on in the demo
-    assert {"weights.png", "ee_error.png", "latency.png", "sim.log"} == {
+    assert {"weights.png", "ee_error.png", "latency.png", "sim.log", "set.yaml"} == {
         p.name for p in (tmp_path / "run").iterdir()
     }
     # the scheduled fault reached the simulator (the weights' response is bench_health's business)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.telemetry import CODES
 
 WAVE = 1000  # messages per topic and wave (4 topics: 4000 distinct reasons a wave)

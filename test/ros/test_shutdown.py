@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from structalign_ros.core.bags import bag_info, iter_messages
-from structalign_ros.core.config import from_dict, save_yaml, to_dict
+from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
 from structalign_ros.core.train import load_checkpoint
 
 PREFIX = "/structalign_perception"
@@ -102,7 +102,6 @@ def test_perception_node_stops_in_order_on_a_signal(
     data["node"].update(
         {
             "model": str(small_world.checkpoint),
-            "ground_truth_topic": small_world.config.sim.ee_pose_topic,
             "checkpoint_period_s": 3600.0,  # only the final checkpoint can be written in this test
         }
     )

@@ -7,6 +7,11 @@ Public API (see each module for the mathematics and shapes):
 - :func:`fused_gromov_wasserstein`, :func:`fused_gromov_wasserstein2`, :func:`fgw_value` - fused GW.
 - :func:`gw_barycenter`, :func:`fgw_barycenter` - (fused) GW barycenters with weights on the simplex.
 - :func:`gram_volume` - volume of the parallelotope spanned by k vectors.
+
+The problem data come first (structures, costs, and for GW/FGW the weights ``p, q`` as in POT); every
+solver knob (``epsilon``, ``solver``, ``T0``, ``max_iter``, ...) is keyword-only, and so is everything
+after ``lambdas`` in the barycenters (``p`` and ``qs`` cannot be swapped by position). Each solver
+validates its knobs once, as a frozen ``_solver.SolverOptions``.
 """
 
 from ._base import OTConvergenceWarning, OTNumericalWarning

@@ -22,15 +22,20 @@ warns (:class:`OTConvergenceWarning`, :class:`OTNumericalWarning`) and names the
 
 Everything stays on the input's device; the only host synchronisations are the convergence checks
 every ``check_every`` steps.
+
+The knobs of a solve travel together as one frozen :class:`SolverOptions`, validated once when it is
+built; the public solvers build it from their keyword arguments, the internal functions take it as
+``options=`` and their problem data (marginals, starts) by keyword only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ._base import plan_like, precision_floor, warn_non_finite, warn_not_converged
+from ._base import check_count, check_number, plan_like, precision_floor, warn_non_finite, warn_not_converged
 from .sinkhorn import sinkhorn_log
 
 SOLVERS = ("proximal", "entropic")
@@ -41,13 +46,51 @@ STARTS = ("auto", "product", "identity")
 SPARSE_START_MIX = 1e-5
 
 
+@dataclass(frozen=True)
+class SolverOptions:
+    """The iteration knobs of a GW-type solve, validated on construction (errors name the knob).
+
+    Attributes:
+        epsilon: proximal: step regularisation relative to each problem's scale (smaller takes bigger
+            steps but makes each projection harder); entropic: the regularisation itself (smaller is
+            sharper and slower).
+        solver: ``"proximal"``, ``"entropic"``, or ``"pot"`` (POT's exact solvers, :mod:`.reference`).
+        max_iter, tol: outer steps; a problem stops once ||T_k+1 - T_k||_F / mass < tol and its
+            projection met ``inner_tol``. For a barycenter: block-coordinate rounds and the relative
+            improvement of the objective to stop at.
+        inner_max_iter, inner_tol: the Sinkhorn projection of each step (relative row error).
+        check_every: outer steps between convergence checks (host synchronisations).
+        warn: warn when a problem ends unconverged (off for the barycenter's per-round steps, a fixed
+            budget).
+    """
+
+    epsilon: float
+    solver: str
+    max_iter: int
+    tol: float
+    inner_max_iter: int
+    inner_tol: float = 1e-7
+    check_every: int = 5
+    warn: bool = True
+
+    def __post_init__(self) -> None:
+        check_number("epsilon", self.epsilon)
+        if self.solver not in (*SOLVERS, "pot"):
+            raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {self.solver!r}")
+        check_count("max_iter", self.max_iter)
+        check_number("tol", self.tol, strict=False)
+        check_count("inner_max_iter", self.inner_max_iter)
+        check_number("inner_tol", self.inner_tol, strict=False)
+        check_count("check_every", self.check_every)
+
+
 def identity_feasible(p: torch.Tensor, q: torch.Tensor) -> bool:
     """The diagonal coupling diag(p) is feasible: equal sizes and p == q (paired samples)."""
     return p.shape == q.shape and bool(torch.allclose(p, q, rtol=1e-6, atol=0.0))
 
 
 def initial_plan(
-    T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor, solver: str, name: str = "T0"
+    T0: torch.Tensor | str | None, *, p: torch.Tensor, q: torch.Tensor, solver: str
 ) -> torch.Tensor:
     """Starting coupling (B, n, m).
 
@@ -61,14 +104,14 @@ def initial_plan(
         return product
     if isinstance(T0, str):
         if T0 != "identity":
-            raise ValueError(f"{name} must be one of {STARTS} or a tensor, got {T0!r}")
+            raise ValueError(f"T0 must be one of {STARTS} or a tensor, got {T0!r}")
         if not identity_feasible(p, q):
-            raise ValueError(f"{name}='identity' needs paired samples: equal sizes and p == q")
+            raise ValueError("T0='identity' needs paired samples: equal sizes and p == q")
         T = torch.diag_embed(p)
     else:
-        T, _ = plan_like(T0, name, p.shape[0], p.shape[-1], q.shape[-1], p)
+        T, _ = plan_like(T0, "T0", p.shape[0], p.shape[-1], q.shape[-1], p)
         if not bool((T.sum((-2, -1)) > 0).all()):
-            raise ValueError(f"{name} has zero mass")
+            raise ValueError("T0 has zero mass")
     if solver == "proximal":
         T = (1.0 - SPARSE_START_MIX) * T + SPARSE_START_MIX * product
     return T
@@ -80,18 +123,12 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def solve_plan(
     grad: Callable[[torch.Tensor], torch.Tensor],
+    *,
     p: torch.Tensor,
     q: torch.Tensor,
-    T0: torch.Tensor,
-    epsilon: float,
-    solver: str = "proximal",
-    max_iter: int = 100,
-    tol: float = 1e-7,
-    inner_max_iter: int = 200,
-    inner_tol: float = 1e-7,
-    check_every: int = 5,
+    start: torch.Tensor,
+    options: SolverOptions,
     what: str = "gromov_wasserstein",
-    warn: bool = True,
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mirror descent over couplings.
@@ -99,46 +136,43 @@ def solve_plan(
     Args:
         grad: T (B, n, m) -> gradient of the objective at T, (B, n, m).
         p, q: (B, n), (B, m) marginals of equal mass (zeros allowed: those rows/columns stay zero).
-        T0: (B, n, m) start, strictly positive on the support for ``"proximal"`` (see
+        start: (B, n, m) first plan, strictly positive on the support for ``"proximal"`` (see
             :func:`initial_plan`).
-        epsilon: step regularisation, relative to ``scale``. Proximal: smaller takes bigger steps but
-            makes each projection harder. Entropic: smaller is sharper and slower.
-        solver: ``"proximal"`` or ``"entropic"``.
-        max_iter, tol: outer steps; a problem stops once ||T_k+1 - T_k||_F / mass < tol and its
-            projection met ``inner_tol``.
-        inner_max_iter, inner_tol: the Sinkhorn projection of each step (relative row error).
-        warn: warn when a problem ends unconverged (off for callers that take a few warm steps).
+        options: the knobs (:class:`SolverOptions`); ``options.solver`` is ``"proximal"`` or
+            ``"entropic"`` here, and ``options.epsilon`` is relative to ``scale``.
+        what: the solver's name in warnings.
         scale: (B,) scale of each problem's gradient; epsilon is multiplied by it. 1 if None.
 
     Returns:
         (B, n, m) plan, exactly feasible.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {solver!r}")
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if options.solver not in SOLVERS:
+        raise ValueError(f"solve_plan runs one of {SOLVERS}, got {options.solver!r} (see reference.py)")
     B = p.shape[0]
-    tol = precision_floor(tol, T0.dtype) if tol > 0 else 0.0
-    inner_tol = precision_floor(inner_tol, T0.dtype)
-    eps = torch.full((B,), epsilon, dtype=T0.dtype, device=T0.device)
+    tol = precision_floor(options.tol, start.dtype) if options.tol > 0 else 0.0
+    inner_tol = precision_floor(options.inner_tol, start.dtype)
+    eps = torch.full((B,), options.epsilon, dtype=start.dtype, device=start.device)
     if scale is not None:
-        eps = eps * scale.to(T0.dtype)
+        eps = eps * scale.to(start.dtype)
     eps = _rows(eps)
     mass = p.sum(-1)
-    T = good = T0
-    log_T = T0.log() if solver == "proximal" else None  # -inf off the support
+    T = good = start
+    log_T = start.log() if options.solver == "proximal" else None  # -inf off the support
     u = v = None
-    active = torch.ones(B, dtype=torch.bool, device=T0.device)
+    active = torch.ones(B, dtype=torch.bool, device=start.device)
     finite = torch.ones_like(active)
-    change = torch.full((B,), float("inf"), dtype=T0.dtype, device=T0.device)
+    change = torch.full((B,), float("inf"), dtype=start.dtype, device=start.device)
     inner_err = change.clone()
     frozen = False
+    max_iter = options.max_iter
     for it in range(1, max_iter + 1):
         log_K = -grad(T) / eps
         if log_T is not None:
             log_K = log_K + log_T
-        res = sinkhorn_log(p, q, log_K, u, v, max_iter=inner_max_iter, tol=inner_tol, warn=False)
-        check = it % check_every == 0 or it == max_iter
+        res = sinkhorn_log(
+            log_K, a=p, b=q, u0=u, v0=v, max_iter=options.inner_max_iter, tol=inner_tol, warn=False
+        )
+        check = it % options.check_every == 0 or it == max_iter
         bad = None
         new_T = res.T
         if check:
@@ -168,11 +202,11 @@ def solve_plan(
             if not bool(active.any()):
                 break
             frozen = not bool(active.all())
-    if warn:
+    if options.warn:
         _report(what, active & finite, finite, change, inner_err, tol, inner_tol)
     # Late proximal steps act like Sinkhorn at epsilon / k and may leave their projection unfinished;
     # the plan handed back is made exactly feasible.
-    return round_to_coupling(T, p, q)
+    return round_to_coupling(T, p=p, q=q)
 
 
 def _report(
@@ -201,7 +235,7 @@ def _report(
         )
 
 
-def round_to_coupling(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def round_to_coupling(T: torch.Tensor, *, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Nearest-in-L1 feasible coupling of a nonnegative near-coupling (Altschuler et al. 2017, Alg. 2).
 
     Scales down overfull rows, then overfull columns, and adds the rank-one correction

@@ -29,6 +29,7 @@ The returned barycenter is recomputed from the final plans with autograd on, so 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -45,9 +46,9 @@ from ._base import (
     simplex,
     warn_not_converged,
 )
-from ._solver import identity_feasible, initial_plan, solve_plan
+from ._solver import SolverOptions, identity_feasible, initial_plan, solve_plan
 from .fgw import fgw_value
-from .gw import Pair, check_options, gw_gradient, gw_value, problem_scale
+from .gw import Pair, gw_gradient, gw_value, problem_scale
 
 # With several starts (T0="auto"), a start whose objective exceeds the best start's by this factor after
 # a round is stopped: measured after one round, the product start sat 5.3-5.4x above the identity's
@@ -67,6 +68,7 @@ class Barycenter(NamedTuple):
 def gw_barycenter(
     Ks: torch.Tensor,
     lambdas: torch.Tensor,
+    *,
     p: torch.Tensor | None = None,
     qs: torch.Tensor | None = None,
     init_C: torch.Tensor | None = None,
@@ -80,7 +82,7 @@ def gw_barycenter(
 ) -> Barycenter:
     """GW barycenter of M structure matrices of equal size.
 
-    Args:
+    Args (everything after ``lambdas`` by keyword only):
         Ks: (M, n, n) structure matrices (kernels), M >= 1.
         lambdas: (M,) weights on the simplex (non-negative, summing to 1; checked).
         p: (N,) barycenter weights, uniform if None. N = n unless ``init_C`` says otherwise.
@@ -96,29 +98,17 @@ def gw_barycenter(
     Returns:
         :class:`Barycenter` with ``X=None``.
     """
-    return _barycenter(
-        None,
-        Ks,
-        lambdas,
-        1.0,
-        p,
-        qs,
-        init_C,
-        None,
-        T0,
-        epsilon,
-        solver,
-        max_iter,
-        tol,
-        gw_steps,
-        inner_max_iter,
+    options = SolverOptions(
+        epsilon=epsilon, solver=solver, max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
     )
+    return _barycenter(Ks, lambdas, p=p, qs=qs, init_C=init_C, T0=T0, gw_steps=gw_steps, options=options)
 
 
 def fgw_barycenter(
     Ys: torch.Tensor,
     Ks: torch.Tensor,
     lambdas: torch.Tensor,
+    *,
     alpha: float = 0.5,
     p: torch.Tensor | None = None,
     qs: torch.Tensor | None = None,
@@ -133,7 +123,7 @@ def fgw_barycenter(
 ) -> Barycenter:
     """Fused-GW barycenter (features and structure), the latent mixer of OTM.
 
-    Args:
+    Args (everything after ``lambdas`` by keyword only):
         Ys: (M, n, d) features of each input (e.g. per-modality latent codes in a shared space).
         Ks: (M, n, n) structures; alpha: structure weight in [0, 1]; feature cost is squared Euclidean.
         init_X: (N, d) start; the λ-weighted mean of ``Ys`` if None. Other arguments as in
@@ -145,26 +135,25 @@ def fgw_barycenter(
     alpha = check_number("alpha", alpha, strict=False)
     if alpha > 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    options = SolverOptions(
+        epsilon=epsilon, solver="proximal", max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
+    )
     return _barycenter(
-        Ys,
         Ks,
         lambdas,
-        alpha,
-        p,
-        qs,
-        init_C,
-        init_X,
-        T0,
-        epsilon,
-        "proximal",
-        max_iter,
-        tol,
-        gw_steps,
-        inner_max_iter,
+        Ys=Ys,
+        alpha=alpha,
+        p=p,
+        qs=qs,
+        init_C=init_C,
+        init_X=init_X,
+        T0=T0,
+        gw_steps=gw_steps,
+        options=options,
     )
 
 
-def _validate(Ys, Ks, lambdas, init_C, init_X, epsilon, solver, max_iter, tol, gw_steps, inner_max_iter):
+def _validate(Ks, lambdas, *, Ys, init_C, init_X, gw_steps):
     Ks = as_float(Ks, "Ks")
     if Ks.dim() != 3 or Ks.shape[-1] != Ks.shape[-2]:
         raise ValueError(f"Ks must be (M, n, n), got {tuple(Ks.shape)}")
@@ -189,30 +178,29 @@ def _validate(Ys, Ks, lambdas, init_C, init_X, epsilon, solver, max_iter, tol, g
         if init_X.dim() != 2 or (d is not None and init_X.shape[-1] != d):
             raise ValueError(f"init_X must be (N, {d}), got {tuple(init_X.shape)}")
         check_finite(init_X=init_X)
-    check_options(epsilon, solver, max_iter, tol, inner_max_iter)
     check_count("gw_steps", gw_steps)
     return Ys, Ks, lambdas, init_C, init_X
 
 
 def _barycenter(
-    Ys: torch.Tensor | None,
     Ks: torch.Tensor,
     lambdas: torch.Tensor,
-    alpha: float,
+    *,
     p: torch.Tensor | None,
     qs: torch.Tensor | None,
     init_C: torch.Tensor | None,
-    init_X: torch.Tensor | None,
     T0: torch.Tensor | str | None,
-    epsilon: float,
-    solver: str,
-    max_iter: int,
-    tol: float,
     gw_steps: int,
-    inner_max_iter: int,
+    options: SolverOptions,
+    Ys: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    init_X: torch.Tensor | None = None,
 ) -> Barycenter:
+    """Block-coordinate descent: ``options.max_iter`` rounds of ``gw_steps`` GW steps and the closed-form
+    updates, stopping when the objective improves by less than ``options.tol`` (relative). The GW
+    barycenter, or the fused one when features ``Ys`` are given."""
     Ys, Ks, lambdas, init_C, init_X = _validate(
-        Ys, Ks, lambdas, init_C, init_X, epsilon, solver, max_iter, tol, gw_steps, inner_max_iter
+        Ks, lambdas, Ys=Ys, init_C=init_C, init_X=init_X, gw_steps=gw_steps
     )
     M, n, _ = Ks.shape
     dt = compute_dtype(Ks, lambdas)
@@ -224,30 +212,33 @@ def _barycenter(
     pN = marginal(p, 1, N, K, "p")[0]
     pM = pN.expand(M, N)
     qM = equal_mass(pM, marginal(qs, M, n, K, "qs"), "p and each of qs", dt)
-    if solver == "pot":
+    if options.solver == "pot":
         from .reference import pot_gw_barycenter
 
         start = None if init_C is None else init_C.detach().to(dt)
         C, T = pot_gw_barycenter(K, lam, pN, qM, start)
         return _finish(None, Ks, lambdas, pN, T, 1.0, 0)
 
-    tried = _starts(T0, pM, qM, M, N, n)
+    tried = _starts(T0, p=pM, q=qM)
     S = len(tried)
     C0 = _mean(lam, K) if init_C is None else init_C.detach().to(dt)
     X0 = None if Y is None else (_mean(lam, Y) if init_X is None else init_X.detach().to(dt))
     C = C0.expand(S, N, N)
     X = None if X0 is None else X0.expand(S, *X0.shape)
-    T = torch.stack([initial_plan(t, pM, qM, solver) for t in tried])  # (S, M, N, n)
+    T = torch.stack([initial_plan(t, p=pM, q=qM, solver=options.solver) for t in tried])  # (S, M, N, n)
     # the start itself is a candidate (unmixed: the proximal start carries a trace of p q^T)
-    best = torch.stack([initial_plan(t, pM, qM, "entropic") for t in tried])
+    best = torch.stack([initial_plan(t, p=pM, q=qM, solver="entropic") for t in tried])
     best_obj = _objective(lam, C, X, K, Y, best, alpha)  # (S,)
     KS, pS, qS = K.repeat(S, 1, 1), pM.repeat(S, 1), qM.repeat(S, 1)
     active = torch.ones(S, dtype=torch.bool, device=K.device)
+    # each round's GW steps are a fixed budget: no tolerance, no warning
+    steps = replace(options, max_iter=gw_steps, tol=0.0, warn=False)
+    tol = options.tol
     rounds = 0
-    while rounds < max_iter:
+    while rounds < options.max_iter:
         rounds += 1
         CS = C.repeat_interleave(M, 0)  # (S*M, N, N)
-        gw_grad = gw_gradient(CS, KS, pS, qS)
+        gw_grad = gw_gradient(CS, KS, p=pS, q=qS)
         scale = problem_scale(Pair(CS, KS, pS, qS, False, dt))
         if X is None:
             grad = gw_grad
@@ -260,16 +251,11 @@ def _barycenter(
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         flat = solve_plan(
             grad,
-            pS,
-            qS,
-            T.reshape(S * M, N, n),
-            epsilon,
-            solver,
-            gw_steps,
-            0.0,
-            inner_max_iter=inner_max_iter,
-            warn=False,
-            scale=scale if solver == "proximal" else None,
+            p=pS,
+            q=qS,
+            start=T.reshape(S * M, N, n),
+            options=steps,
+            scale=scale if options.solver == "proximal" else None,
         )
         moving = active.view(S, 1, 1, 1)
         T = torch.where(moving, flat.view(S, M, N, n), T)
@@ -288,22 +274,24 @@ def _barycenter(
         if not bool(active.any()):
             break
     else:
-        if bool(active.any()):
+        if options.warn and bool(active.any()):
             gain = float((improved / obj.abs().clamp_min(1e-12))[active].max())
             what = "gw_barycenter" if Y is None else "fgw_barycenter"
             warn_not_converged(what, gain, tol, "raise max_iter (block-coordinate rounds).")
     return _finish(Ys, Ks, lambdas, pN, best[int(best_obj.argmin())], alpha, rounds)
 
 
-def _starts(T0, pM, qM, M, N, n) -> list[torch.Tensor | str]:
-    """The starts ``T0`` stands for (``"auto"``: identity where feasible, and product)."""
+def _starts(T0, *, p: torch.Tensor, q: torch.Tensor) -> list[torch.Tensor | str]:
+    """The starts ``T0`` stands for (``"auto"``: identity where feasible, and product), for the (M, N)
+    barycenter weights ``p`` and (M, n) input weights ``q``."""
+    (M, N), n = p.shape, q.shape[-1]
     if T0 is None or (isinstance(T0, str) and T0 == "auto"):
-        return ["identity", "product"] if N == n and identity_feasible(pM, qM) else ["product"]
+        return ["identity", "product"] if N == n and identity_feasible(p, q) else ["product"]
     if isinstance(T0, str):
         if T0 not in ("identity", "product"):
             raise ValueError(f"T0 must be 'auto', 'identity', 'product' or a tensor, got {T0!r}")
         return [T0]
-    return [plan_like(T0, "T0", M, N, n, pM)[0]]
+    return [plan_like(T0, "T0", M, N, n, p)[0]]
 
 
 def _mean(lam: torch.Tensor, A: torch.Tensor) -> torch.Tensor:

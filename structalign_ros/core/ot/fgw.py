@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ._base import check_number, cost_matrix, detach, plan_like
+from ._solver import SolverOptions
 from .gw import Pair, gw_value, prepare_pair, solve_pair
 
 
@@ -33,6 +34,7 @@ def fused_gromov_wasserstein(
     C2: torch.Tensor,
     p: torch.Tensor | None = None,
     q: torch.Tensor | None = None,
+    *,
     alpha: float = 0.5,
     epsilon: float = 0.1,
     solver: str = "proximal",
@@ -43,7 +45,7 @@ def fused_gromov_wasserstein(
 ) -> torch.Tensor:
     """FGW coupling.
 
-    Args:
+    Args (those after ``q`` by keyword only):
         M: (B, n, m) or (n, m) feature cost.
         C1, C2, p, q, epsilon, solver, T0, max_iter, tol, inner_max_iter: as in
             :func:`structalign_ros.core.ot.gromov_wasserstein`.
@@ -52,8 +54,11 @@ def fused_gromov_wasserstein(
     Returns:
         (B, n, m) or (n, m) plan in the dtype of ``C1``.
     """
-    pair, Mb = _prepare(detach(M), detach(C1), detach(C2), p, q, alpha)
-    T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb, alpha=alpha).to(pair.dtype)
+    options = SolverOptions(
+        epsilon=epsilon, solver=solver, max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
+    )
+    pair, Mb = _prepare(detach(M), detach(C1), detach(C2), p=p, q=q, alpha=alpha)
+    T = solve_pair(pair, T0=T0, options=options, M=Mb, alpha=alpha).to(pair.dtype)
     return T[0] if pair.squeeze else T
 
 
@@ -63,6 +68,7 @@ def fused_gromov_wasserstein2(
     C2: torch.Tensor,
     p: torch.Tensor | None = None,
     q: torch.Tensor | None = None,
+    *,
     alpha: float = 0.5,
     T: torch.Tensor | None = None,
     epsilon: float = 0.1,
@@ -73,12 +79,13 @@ def fused_gromov_wasserstein2(
     inner_max_iter: int = 200,
 ) -> torch.Tensor:
     """FGW value with envelope gradients w.r.t. ``M``, ``C1`` and ``C2``; ``T`` evaluates at a given plan."""
-    pair, Mb = _prepare(M, C1, C2, p, q, alpha)
+    options = SolverOptions(
+        epsilon=epsilon, solver=solver, max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
+    )
+    pair, Mb = _prepare(M, C1, C2, p=p, q=q, alpha=alpha)
     if T is None:
         detached = pair._replace(C1=pair.C1.detach(), C2=pair.C2.detach())
-        T = solve_pair(
-            detached, epsilon, solver, T0, max_iter, tol, inner_max_iter, M=Mb.detach(), alpha=alpha
-        )
+        T = solve_pair(detached, T0=T0, options=options, M=Mb.detach(), alpha=alpha)
     else:
         B, n, m = Mb.shape
         T, _ = plan_like(T, "T", B, n, m, Mb)
@@ -90,6 +97,7 @@ def _prepare(
     M: torch.Tensor,
     C1: torch.Tensor,
     C2: torch.Tensor,
+    *,
     p: torch.Tensor | None,
     q: torch.Tensor | None,
     alpha: float,
@@ -98,7 +106,7 @@ def _prepare(
     if alpha > 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     Mb, squeeze = cost_matrix(M)
-    pair = prepare_pair(C1, C2, p, q, batch=Mb.shape[0])
+    pair = prepare_pair(C1, C2, p=p, q=q, batch=Mb.shape[0])
     n, m = pair.C1.shape[-1], pair.C2.shape[-1]
     if Mb.shape[-2:] != (n, m):
         hint = " (transposed?)" if Mb.shape[-2:] == (m, n) else ""

@@ -30,19 +30,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._base import (
-    batch_size,
-    check_count,
-    check_number,
-    compute_dtype,
-    detach,
-    equal_mass,
-    marginal,
-    plan_like,
-    result_dtype,
-    structure,
-)
-from ._solver import SOLVERS, identity_feasible, initial_plan, solve_plan
+from ._base import batch_size, compute_dtype, detach, equal_mass, marginal, plan_like, result_dtype, structure
+from ._solver import SolverOptions, identity_feasible, initial_plan, solve_plan
 
 
 class Pair(NamedTuple):
@@ -57,7 +46,7 @@ class Pair(NamedTuple):
 
 
 def prepare_pair(
-    C1: torch.Tensor, C2: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None, batch: int = 1
+    C1: torch.Tensor, C2: torch.Tensor, *, p: torch.Tensor | None, q: torch.Tensor | None, batch: int = 1
 ) -> Pair:
     """Validate, batch, broadcast (to ``batch`` problems) and upcast (half -> float32) a GW problem."""
     (C1b, s1), (C2b, s2) = structure(C1, "C1"), structure(C2, "C2")
@@ -102,7 +91,7 @@ def gw_value(C1: torch.Tensor, C2: torch.Tensor, T: torch.Tensor) -> torch.Tenso
 
 
 def gw_gradient(
-    C1: torch.Tensor, C2: torch.Tensor, p: torch.Tensor, q: torch.Tensor
+    C1: torch.Tensor, C2: torch.Tensor, *, p: torch.Tensor, q: torch.Tensor
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """T -> gradient of the GW objective at T for plans with marginals (p, q), shape (B, n, m)."""
     C1T, C2T = C1.transpose(-1, -2), C2.transpose(-1, -2)
@@ -124,6 +113,7 @@ def gromov_wasserstein(
     C2: torch.Tensor,
     p: torch.Tensor | None = None,
     q: torch.Tensor | None = None,
+    *,
     epsilon: float = 0.1,
     solver: str = "proximal",
     T0: torch.Tensor | str | None = None,
@@ -133,7 +123,7 @@ def gromov_wasserstein(
 ) -> torch.Tensor:
     """GW coupling.
 
-    Args:
+    Args (those after ``q`` by keyword only):
         C1: (B, n, n) or (n, n) structure (kernel or distance) matrices of the source.
         C2: (B, m, m) or (m, m) of the target; an unbatched side is broadcast.
         p, q: (B, n)/(n,) and (B, m)/(m,) weights, uniform if None; finite, non-negative, of equal
@@ -155,8 +145,11 @@ def gromov_wasserstein(
     Returns:
         (B, n, m) or (n, m) plan, in the dtype of ``C1`` (float64 for integer inputs).
     """
-    pair = prepare_pair(detach(C1), detach(C2), p, q)
-    T = solve_pair(pair, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+    options = SolverOptions(
+        epsilon=epsilon, solver=solver, max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
+    )
+    pair = prepare_pair(detach(C1), detach(C2), p=p, q=q)
+    T = solve_pair(pair, T0=T0, options=options)
     T = T.to(pair.dtype)
     return T[0] if pair.squeeze else T
 
@@ -166,6 +159,7 @@ def gromov_wasserstein2(
     C2: torch.Tensor,
     p: torch.Tensor | None = None,
     q: torch.Tensor | None = None,
+    *,
     T: torch.Tensor | None = None,
     epsilon: float = 0.1,
     solver: str = "proximal",
@@ -177,35 +171,27 @@ def gromov_wasserstein2(
     """GW value, differentiable w.r.t. ``C1`` and ``C2`` with the plan held fixed (envelope gradient).
 
     Args:
-        T: evaluate at this (B, n, m)/(n, m) non-negative plan instead of solving; other arguments as
-            in :func:`gromov_wasserstein`.
+        T: evaluate at this (B, n, m)/(n, m) non-negative plan instead of solving (the other knobs are
+            still validated); other arguments as in :func:`gromov_wasserstein`.
 
     Returns:
         (B,) or scalar value, in the dtype of ``C1``.
     """
-    pair = prepare_pair(C1, C2, p, q)
+    options = SolverOptions(
+        epsilon=epsilon, solver=solver, max_iter=max_iter, tol=tol, inner_max_iter=inner_max_iter
+    )
+    pair = prepare_pair(C1, C2, p=p, q=q)
     B, n, m = pair.C1.shape[0], pair.C1.shape[-1], pair.C2.shape[-1]
     if T is None:
         detached = pair._replace(C1=pair.C1.detach(), C2=pair.C2.detach())
-        Tb = solve_pair(detached, epsilon, solver, T0, max_iter, tol, inner_max_iter)
+        Tb = solve_pair(detached, T0=T0, options=options)
     else:
         Tb, _ = plan_like(T, "T", B, n, m, pair.C1)
     value = gw_value(pair.C1, pair.C2, Tb.detach()).to(pair.dtype)
     return value[0] if pair.squeeze else value
 
 
-def check_options(epsilon: float | None, solver: str, max_iter: int, tol: float, inner_max_iter: int) -> None:
-    """Validate the solver options shared by every GW-type solver (``epsilon=None``: chosen later)."""
-    if epsilon is not None:
-        check_number("epsilon", epsilon)
-    if solver not in (*SOLVERS, "pot"):
-        raise ValueError(f"solver must be one of {(*SOLVERS, 'pot')}, got {solver!r}")
-    check_count("max_iter", max_iter)
-    check_number("tol", tol, strict=False)
-    check_count("inner_max_iter", inner_max_iter)
-
-
-def starts(T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor) -> list[torch.Tensor | str]:
+def starts(T0: torch.Tensor | str | None, *, p: torch.Tensor, q: torch.Tensor) -> list[torch.Tensor | str]:
     """The starts ``T0`` stands for: ``"auto"`` is the product, plus the identity where feasible."""
     if T0 is None or (isinstance(T0, str) and T0 == "auto"):
         return ["product", "identity"] if identity_feasible(p, q) else ["product"]
@@ -214,12 +200,9 @@ def starts(T0: torch.Tensor | str | None, p: torch.Tensor, q: torch.Tensor) -> l
 
 def solve_pair(
     pair: Pair,
-    epsilon: float,
-    solver: str,
+    *,
     T0: torch.Tensor | str | None,
-    max_iter: int,
-    tol: float,
-    inner: int,
+    options: SolverOptions,
     M: torch.Tensor | None = None,
     alpha: float = 1.0,
 ) -> torch.Tensor:
@@ -228,24 +211,24 @@ def solve_pair(
     Several starts (``T0="auto"``) are solved as one batch of S·B problems; each problem keeps the
     plan of lowest objective.
     """
-    check_options(epsilon, solver, max_iter, tol, inner)
+    solver = options.solver
     if solver == "pot":
         from .reference import pot_fgw_plans, pot_gw_plans
 
-        start = initial_plan(starts(T0, pair.p, pair.q)[0], pair.p, pair.q, "pot")
+        start = initial_plan(starts(T0, p=pair.p, q=pair.q)[0], p=pair.p, q=pair.q, solver="pot")
         if M is None:
             return pot_gw_plans(pair.C1, pair.C2, pair.p, pair.q, start)
         return pot_fgw_plans(M, pair.C1, pair.C2, pair.p, pair.q, alpha, start)
-    tried = starts(T0, pair.p, pair.q)
+    tried = starts(T0, p=pair.p, q=pair.q)
     S, B = len(tried), pair.C1.shape[0]
-    start = torch.cat([initial_plan(t, pair.p, pair.q, solver) for t in tried])
+    start = torch.cat([initial_plan(t, p=pair.p, q=pair.q, solver=solver) for t in tried])
 
     def rep(x: torch.Tensor) -> torch.Tensor:
         return x if S == 1 else x.repeat(S, *([1] * (x.dim() - 1)))
 
     C1, C2, p, q = rep(pair.C1), rep(pair.C2), rep(pair.p), rep(pair.q)
     scale = problem_scale(Pair(C1, C2, p, q, False, pair.dtype))
-    grad = gw_gradient(C1, C2, p, q)
+    grad = gw_gradient(C1, C2, p=p, q=q)
     Ms = None
     if M is not None:
         Ms = rep(M)
@@ -257,14 +240,10 @@ def solve_pair(
     what = "gromov_wasserstein" if M is None else "fused_gromov_wasserstein"
     T = solve_plan(
         grad,
-        p,
-        q,
-        start,
-        epsilon,
-        solver,
-        max_iter,
-        tol,
-        inner_max_iter=inner,
+        p=p,
+        q=q,
+        start=start,
+        options=options,
         what=what,
         scale=scale if solver == "proximal" else None,
     )

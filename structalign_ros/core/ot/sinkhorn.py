@@ -53,22 +53,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def sinkhorn_log(
+    log_K: torch.Tensor,
+    *,
     a: torch.Tensor,
     b: torch.Tensor,
-    log_K: torch.Tensor,
     u0: torch.Tensor | None = None,
     v0: torch.Tensor | None = None,
-    max_iter: int = 1000,
-    tol: float = 1e-9,
+    max_iter: int,
+    tol: float,
     check_every: int = 10,
     warn: bool = True,
 ) -> SinkhornResult:
     r"""Sinkhorn on a log-kernel :math:`\log K = -M/\epsilon` (plus a log-prior for proximal steps).
 
     Args:
+        log_K: (B, n, m) log-kernel (``-inf`` allowed off the support).
         a: (B, n) source histogram (zeros allowed).
         b: (B, m) target histogram of the same mass.
-        log_K: (B, n, m) log-kernel (``-inf`` allowed off the support).
         u0, v0: (B, n), (B, m) warm-start scaled duals.
         max_iter: maximum number of (u, v) update pairs.
         tol: stop a problem when :math:`\sum_i |T\mathbf{1} - a|_i / \sum_i a_i` falls below it
@@ -144,6 +145,7 @@ def sinkhorn(
     b: torch.Tensor | None,
     M: torch.Tensor,
     epsilon: float,
+    *,
     max_iter: int = 1000,
     tol: float = 1e-9,
 ) -> torch.Tensor:
@@ -156,13 +158,14 @@ def sinkhorn(
         M: (B, n, m) or (n, m) cost matrix.
         epsilon: entropic regularisation, in the units of ``M`` (POT's convention: this is part of the
             problem, not a solver knob, so it is not rescaled).
-        max_iter, tol: iterations and the row-marginal L1 error, relative to the mass, to stop at.
+        max_iter, tol: iterations and the row-marginal L1 error, relative to the mass, to stop at
+            (keyword only).
 
     Returns:
         Plan of the shape of ``M`` (float64 for integer inputs).
     """
     Mb, squeeze = cost_matrix(M)
-    T = _solve(a, b, Mb.detach(), epsilon, max_iter, tol).T.to(result_dtype(M))
+    T = _solve(Mb.detach(), a=a, b=b, epsilon=epsilon, max_iter=max_iter, tol=tol).T.to(result_dtype(M))
     return T[0] if squeeze else T
 
 
@@ -171,6 +174,7 @@ def sinkhorn2(
     b: torch.Tensor | None,
     M: torch.Tensor,
     epsilon: float,
+    *,
     max_iter: int = 1000,
     tol: float = 1e-9,
 ) -> torch.Tensor:
@@ -184,13 +188,19 @@ def sinkhorn2(
         (B,) or scalar, in the dtype of ``M``.
     """
     Mb, squeeze = cost_matrix(M)
-    res = _solve(a, b, Mb.detach(), epsilon, max_iter, tol)
+    res = _solve(Mb.detach(), a=a, b=b, epsilon=epsilon, max_iter=max_iter, tol=tol)
     value = (res.T.to(Mb.dtype) * Mb).sum((-2, -1)).to(result_dtype(M))
     return value[0] if squeeze else value
 
 
 def _solve(
-    a: torch.Tensor | None, b: torch.Tensor | None, M: torch.Tensor, epsilon: float, max_iter: int, tol: float
+    M: torch.Tensor,
+    *,
+    a: torch.Tensor | None,
+    b: torch.Tensor | None,
+    epsilon: float,
+    max_iter: int,
+    tol: float,
 ) -> SinkhornResult:
     epsilon = check_number("epsilon", epsilon)
     check_count("max_iter", max_iter)
@@ -205,4 +215,4 @@ def _solve(
     ab = marginal(a, B, n, M, "a")
     bb = marginal(b, B, m, M, "b")
     bb = equal_mass(ab, bb, "a and b", M.dtype)
-    return sinkhorn_log(ab, bb, -M / epsilon, max_iter=max_iter, tol=tol)
+    return sinkhorn_log(-M / epsilon, a=ab, b=bb, max_iter=max_iter, tol=tol)

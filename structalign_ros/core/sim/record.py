@@ -79,7 +79,8 @@ def topics_by_kind(config: StructAlignConfig) -> dict[str, str]:
     for m in config.modalities.values():
         if m.enabled:
             topics.setdefault(m.kind, m.topic)
-    topics["ee_pose"] = config.sim.ee_pose_topic
+    if config.ground_truth_topic:  # empty: the end-effector ground truth is not published
+        topics["ee_pose"] = config.ground_truth_topic
     topics["object_pose"] = config.sim.object_pose_topic
     return topics
 

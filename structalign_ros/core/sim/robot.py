@@ -115,7 +115,8 @@ class SimRobot:
             if m.enabled and m.kind not in rates and (render or m.kind not in ("image", "depth")):
                 rates[m.kind] = m.rate_hz
         for kind in GROUND_TRUTH:
-            rates[kind] = config.sim.ground_truth_hz
+            if kind != "ee_pose" or config.ground_truth_topic:  # empty: not published, not simulated
+                rates[kind] = config.sim.ground_truth_hz
         too_fast = {k: r for k, r in rates.items() if r > config.sim.physics_hz}
         if too_fast:
             raise ConfigError(f"sensor rates {too_fast} exceed sim.physics_hz={config.sim.physics_hz}")
