@@ -1,6 +1,6 @@
 """Evaluation of a trained model on windows: what ``structalign eval`` reports and the experiments import.
 
-Stable API (``bench/experiments.py`` builds on it):
+Stable API (``bench/experiments`` builds on it):
 
 - :func:`contact_labels` - ground-truth contact per window from the simulated data.
 - :func:`object_speed` - the pushed object's speed at given stamps, from its ground-truth track.

@@ -2,6 +2,9 @@
 
 :func:`train_step` is the only place a gradient step happens; :class:`Trainer` (offline, from bags)
 and :class:`~.online.OnlineTrainer` (live, from a replay buffer in a child process) both call it.
+:meth:`Trainer.fit` is the one offline loop: ``structalign train``, the tests and
+``bench/experiments`` run through it, the command's extras (metrics log, best on validation, the
+pose-head refit) as :class:`~.hooks.TrainHooks`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import structalign_ros
 from structalign_ros.core.batch import Batch, add_noise, channel_std
 from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig
 from structalign_ros.core.config_io import from_dict, to_dict
+from structalign_ros.core.hooks import TrainHooks
 from structalign_ros.core.models import (
     IncompatibleWeights,
     ModalitySpec,
@@ -208,10 +212,25 @@ def step_options(config: StructAlignConfig) -> dict[str, Any]:
     }
 
 
-def make_optimizer(model: MultimodalModel, objective: Objective, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the model's and the objective's parameters."""
+def make_optimizer(
+    model: MultimodalModel, objective: Objective, cfg: TrainConfig, *, lambda_lr: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over the model's and the objective's parameters.
+
+    Args:
+        lambda_lr: when given, the modality logits (lambda) form a group of their own at this
+            learning rate and without weight decay: AdamW moves a parameter by about ``lr`` per step,
+            so over a few dozen steps at a small ``lr`` lambda would hardly move (the experiments).
+    """
     params = list(model.parameters()) + list(objective.parameters())
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if lambda_lr is None:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    logits = model.modality_logits
+    groups = [
+        {"params": [p for p in params if p is not logits], "lr": cfg.lr},
+        {"params": [logits], "lr": lambda_lr, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class CheckpointError(RuntimeError):
@@ -354,14 +373,25 @@ class Trainer:
     Args:
         model, objective: what to train and how (on the device they are on).
         config: the full tree (``train`` section used here; all of it saved with checkpoints).
+        optimizer: over the model's and the objective's parameters; default
+            :func:`make_optimizer` from ``config.train``.
     """
 
-    def __init__(self, model: MultimodalModel, objective: Objective, config: StructAlignConfig) -> None:
+    def __init__(
+        self,
+        model: MultimodalModel,
+        objective: Objective,
+        config: StructAlignConfig,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self.model, self.objective, self.config = model, objective, config
-        self.optimizer = make_optimizer(model, objective, config.train)
+        if optimizer is None:
+            optimizer = make_optimizer(model, objective, config.train)
+        self.optimizer = optimizer
         self.step = 0
         self.epoch = 0
         self.skipped = 0
+        self.last_val: dict[str, float] = {}  # the latest validation's metrics (see fit)
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.train_model: Any = model
         if self.distributed:
@@ -376,11 +406,12 @@ class Trainer:
         return not self.distributed or dist.get_rank() == 0
 
     def train_steps(self, batches: Iterable[Batch], steps: int) -> Iterator[dict[str, float]]:
-        """Take up to ``steps`` steps from ``batches``; yields each step's metrics."""
+        """Take up to ``steps`` steps from ``batches``; yields each step's metrics. Reads no batch
+        beyond the last one it trains on, so a stream can be continued by the next call."""
+        if steps <= 0:
+            return
         taken = 0
         for batch in batches:
-            if taken >= steps:
-                break
             metrics = train_step(
                 self.train_model, batch, self.optimizer, self.objective, **step_options(self.config)
             )
@@ -388,17 +419,90 @@ class Trainer:
             self.step += 1
             taken += 1
             yield metrics
+            if taken >= steps:
+                break
 
     def fit(
-        self, batches: Iterable[Batch], on_metrics: Callable[[int, dict[str, float]], None] | None = None
-    ) -> None:
-        """Run up to ``train.steps`` steps; checkpoint to ``train.checkpoint_dir/last.pt`` at the end."""
-        cfg = self.config.train
-        for metrics in self.train_steps(batches, cfg.steps - self.step):
-            if on_metrics is not None:
-                on_metrics(self.step, metrics)
-        if cfg.checkpoint_dir and self.is_main:
-            save_checkpoint(Path(cfg.checkpoint_dir) / "last.pt", self.model, self.config, self.step)
+        self,
+        batches: Iterable[Batch],
+        *,
+        steps: int | None = None,
+        steps_per_epoch: int | None = None,
+        validation: Callable[[], Iterable[Batch]] | None = None,
+        validate_every: int | None = None,
+        save_dir: str | Path | None = None,
+        save_every: int = 0,
+        hooks: Sequence[TrainHooks] = (),
+    ) -> dict[str, float]:
+        """The training loop: step until :attr:`step` reaches ``steps``, validating, checkpointing
+        and calling ``hooks`` on the way. Every offline training (``structalign train``, the tests,
+        ``bench/experiments``) runs through here; a resumed trainer continues from its :attr:`step`
+        and :attr:`epoch`.
+
+        The run is cut into passes of ``steps_per_epoch`` steps (one pass to ``steps`` when None,
+        :attr:`epoch` then left as it is). At the end of each pass (and of the run) :attr:`epoch`
+        counts it, the model is validated, ``hooks.on_epoch_end`` run and a checkpoint written.
+        ``batches`` is read as one stream across passes; when it runs dry the loop ends early.
+
+        Args:
+            steps: the step count to reach (default ``train.steps``); counts the steps taken before.
+            steps_per_epoch: steps of a pass.
+            validation: a fresh iterable of held-out batches per call, or None for no validation.
+            validate_every: steps between validations within a pass (default
+                ``train.validate_every``; 0: only at the ends of passes). Not on the run's last step,
+                which the end-of-pass validation covers.
+            save_dir: where :meth:`save` writes ``last.pt`` and ``resume.pt`` (default
+                ``train.checkpoint_dir``; nothing when empty), at the end of every pass and every
+                ``save_every`` steps (0: only at the ends of passes). Only the main process writes.
+            hooks: called in order at each event (:class:`TrainHooks`).
+
+        Returns:
+            The last validation's metrics (:attr:`last_val`), empty without validation.
+        """
+        total = self.config.train.steps if steps is None else steps
+        every = self.config.train.validate_every if validate_every is None else validate_every
+        folder = self.config.train.checkpoint_dir if save_dir is None else save_dir
+        stream = iter(batches)
+        saved_at = -1
+
+        def validate() -> None:
+            if validation is None:
+                return
+            self.last_val = self.validate(validation())
+            for hook in hooks:
+                hook.on_validate(self, self.last_val)
+
+        def save() -> None:
+            nonlocal saved_at
+            if folder and saved_at != self.step:
+                self.save(folder)
+                saved_at = self.step
+
+        while self.step < total:
+            if steps_per_epoch is None:
+                pass_end = total
+            else:
+                pass_end = min(total, (self.step // steps_per_epoch + 1) * steps_per_epoch)
+            wanted, taken = pass_end - self.step, 0
+            for metrics in self.train_steps(stream, wanted):
+                taken += 1
+                for hook in hooks:
+                    hook.on_step(self, metrics)
+                if save_every > 0 and self.step % save_every == 0:
+                    save()
+                if every > 0 and self.step % every == 0 and self.step < total:
+                    validate()
+            if steps_per_epoch is not None and taken == wanted:
+                self.epoch += 1
+            validate()
+            for hook in hooks:
+                hook.on_epoch_end(self)
+            save()
+            if taken < wanted:  # the batches ran dry
+                break
+        for hook in hooks:
+            hook.on_end(self)
+        return self.last_val
 
     def validate(self, batches: Iterable[Batch]) -> dict[str, float]:
         """:func:`evaluate` of the model being trained (weights unchanged)."""

@@ -32,6 +32,7 @@ __all__ = [
     "UniOMA",
     "build_base",
     "build_objective",
+    "input_kernels",
     "pose_loss",
 ]
 
@@ -46,11 +47,15 @@ def build_base(name: str, temperature: float) -> Objective:
     return _BASES[name](temperature=temperature)
 
 
+def input_kernels(cfg: ObjectiveConfig, kinds: Mapping[str, str], seed: int = 0) -> InputKernels:
+    """UniOMA's input kernels as ``cfg`` sets them; ``seed`` draws the time-series kernels' ensemble."""
+    return InputKernels(dict(kinds), cfg.kernel_image_size, cfg.tck_members, cfg.tck_max_clusters, seed)
+
+
 def _unioma(cfg: ObjectiveConfig, kinds: Mapping[str, str], embed_dim: int) -> Objective:
-    kernels = InputKernels(dict(kinds), cfg.kernel_image_size, cfg.tck_members, cfg.tck_max_clusters)
     return UniOMA(
         build_base(cfg.base, cfg.temperature),
-        kernels,
+        input_kernels(cfg, kinds),
         alpha=cfg.alpha,
         epsilon=cfg.epsilon,
         gw_iterations=cfg.gw_iterations,
