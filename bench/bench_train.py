@@ -30,10 +30,11 @@ from collections.abc import Callable
 
 import torch
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
 from structalign_ros.core.export import export_onnx
 from structalign_ros.core.kernels import rbf_kernel
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.ot import OTConvergenceWarning, gromov_wasserstein2, gw_barycenter
 from structalign_ros.core.runtime import Predictor

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import Batch, ModalitySpec
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, StructAlignConfig, TrainConfig
 from structalign_ros.core.kernels import InputKernels
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.objectives import MOVER, Objective, UniOMA, build_objective, input_kernels
 from structalign_ros.core.ot import OTConvergenceWarning
 from structalign_ros.core.train import Trainer, make_optimizer, seed_everything

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from structalign_ros.core.bags import iter_samples
-from structalign_ros.core.batch import Batch, to_batch
+from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.dataset import bag_layout, iter_windows
 from structalign_ros.core.evaluation import contact_labels, object_speed
-from structalign_ros.core.models import ModalitySpec
 from structalign_ros.core.sim.record import record_episode
 
 IMAGE = 32  # camera and depth side after the one-off resizing

@@ -36,17 +36,6 @@ class WindowLike(Protocol):
     mask: Mapping[str, bool]
 
 
-class InputSpec(Protocol):
-    """One modality of a model's input layout (``models.ModalitySpec`` is one): its kind and the
-    per-window shape ``(samples, ...)``."""
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-
 @dataclass
 class Batch:
     """``B`` windows as tensors.
@@ -137,9 +126,23 @@ def _fit_frame(x: np.ndarray, shape: tuple[int, ...], kind: str) -> np.ndarray:
     return cv2.resize(x[0], (width, height), interpolation=interp)[None]
 
 
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality of a model's input layout: its kind and the per-window shape ``(samples, ...)``
+    (what an encoder is built for, and what :func:`to_batch` fits a window to)."""
+
+    kind: str
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def from_batch(batch: Batch, kinds: Mapping[str, str]) -> dict[str, ModalitySpec]:
+        """Specs of every modality of ``batch``; ``kinds`` maps names to config kinds."""
+        return {n: ModalitySpec(kinds[n], tuple(batch.inputs[n].shape[1:])) for n in batch.modalities}
+
+
 def to_batch(
     windows: Sequence[WindowLike],
-    layout: Mapping[str, InputSpec],
+    layout: Mapping[str, ModalitySpec],
     poses: Sequence[np.ndarray | None] | None = None,
     *,
     mismatch: Callable[[str], None] | None = None,

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from structalign_ros.core.convert import DEPTH_ENCODINGS
-
 MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
 # Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
 FRAME_KINDS = ("image", "depth")
 # Kinds whose values are 2-D grids (pixels, taxels): encoded, and compared in kernels, as images.
 GRID_KINDS = ("image", "depth", "tactile")
 RELIABILITIES = ("best_effort", "reliable")
+# Depth image encodings the converter reads (REP-118: 16-bit millimetres or float metres).
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 # Where the simulator publishes the true end-effector pose (``ground_truth_topic``'s default).
 GROUND_TRUTH_TOPIC = "/ground_truth/ee_pose"
 # Parameters rclpy declares itself; a parameter file may set them beside the tree.

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from structalign_ros.core.config import DEPTH_ENCODINGS
+
 # encoding -> (numpy dtype, channels); the dtype is little-endian and gets swapped for is_bigendian.
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
@@ -43,7 +45,6 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "32FC1": (np.dtype("<f4"), 1),
 }
 COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 # 16-bit depth is millimetres by the ROS convention (REP-118 allows uint16 mm and float32 m).
 DEPTH_MM_PER_M = 1000.0
 

@@ -21,9 +21,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from structalign_ros.core.bags import BagTopicError, bag_info, iter_samples, topic_mismatch
-from structalign_ros.core.batch import Batch, to_batch
+from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.models import ModalitySpec
 from structalign_ros.core.windows import AssemblerStats, Window, WindowAssembler
 
 # A ground-truth pose labels a window only if it was taken within this of the window's pivot stamp.

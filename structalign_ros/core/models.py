@@ -15,29 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structalign_ros.core.batch import Batch, to_frames
+from structalign_ros.core.batch import Batch, ModalitySpec, to_frames
 from structalign_ros.core.config import GRID_KINDS, MODALITY_KINDS, ModelConfig
 from structalign_ros.core.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix
-
-
-@dataclass(frozen=True)
-class ModalitySpec:
-    """What an encoder is built for: the modality kind and the per-window shape ``(samples, ...)``."""
-
-    kind: str
-    shape: tuple[int, ...]
-
-    @staticmethod
-    def from_batch(batch: Batch, kinds: Mapping[str, str]) -> dict[str, ModalitySpec]:
-        """Specs of every modality of ``batch``; ``kinds`` maps names to config kinds."""
-        return {n: ModalitySpec(kinds[n], tuple(batch.inputs[n].shape[1:])) for n in batch.modalities}
 
 
 class ModelOutput(NamedTuple):

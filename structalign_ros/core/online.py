@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from structalign_ros.core.batch import Batch, to_batch
+from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
 from structalign_ros.core.export import onnx_bytes
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.runtime import resolve_device
 from structalign_ros.core.train import evaluate, make_optimizer, step_options, train_step

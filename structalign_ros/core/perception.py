@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from structalign_ros.core.bags import iter_messages
-from structalign_ros.core.batch import to_batch
+from structalign_ros.core.batch import ModalitySpec, to_batch
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.convert import ConversionError, convert, pose_to_array
 from structalign_ros.core.dataset import nearest_pose
 from structalign_ros.core.health import DISTRUSTED, ModalityHealth
-from structalign_ros.core.models import ModalitySpec, ModelOutput
+from structalign_ros.core.models import ModelOutput
 from structalign_ros.core.online import OnlineTrainer, WeightUpdate
 from structalign_ros.core.rotations import (
     geodesic_angle,

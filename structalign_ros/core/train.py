@@ -25,13 +25,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import structalign_ros
-from structalign_ros.core.batch import Batch, add_noise, channel_std
+from structalign_ros.core.batch import Batch, ModalitySpec, add_noise, channel_std
 from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig
 from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.hooks import TrainHooks
 from structalign_ros.core.models import (
     IncompatibleWeights,
-    ModalitySpec,
     ModelOutput,
     MultimodalModel,
     PoseHead,

@@ -13,7 +13,7 @@ import torch
 from structalign_ros.cli import main
 from structalign_ros.core import perception
 from structalign_ros.core.bags import BagWriter, bag_info, iter_messages
-from structalign_ros.core.batch import Batch, to_batch
+from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.convert import stamp_ns
 from structalign_ros.core.dataset import (
     ReplayReport,
@@ -22,7 +22,6 @@ from structalign_ros.core.dataset import (
     iter_windows,
     labelled_batch,
 )
-from structalign_ros.core.models import ModalitySpec
 from structalign_ros.core.objectives import PairwiseInfoNCE
 from structalign_ros.core.perception import PerceptionPipeline
 from structalign_ros.core.train import Trainer, evaluate, load_checkpoint, make_optimizer, train_step

@@ -6,8 +6,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.objectives import build_objective
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import Trainer, seed_everything

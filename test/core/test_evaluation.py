@@ -5,6 +5,7 @@ import math
 import numpy as np
 import torch
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig
 from structalign_ros.core.evaluation import (
     CONTACT_FORCE_N,
@@ -16,7 +17,7 @@ from structalign_ros.core.evaluation import (
     pose_errors,
     retrieval,
 )
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix
 from structalign_ros.core.synthetic import SyntheticWorld
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel, masked_weights
+from structalign_ros.core.models import MultimodalModel, masked_weights
 from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix, rotation_6d_to_matrix
 from structalign_ros.core.synthetic import SyntheticWorld
 

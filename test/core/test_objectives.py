@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
 from structalign_ros.core.kernels import InputKernels, rbf_kernel
 from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
-from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
+from structalign_ros.core.models import ModelOutput, MultimodalModel
 from structalign_ros.core.objectives import (
     BUILDERS,
     GOTMA,

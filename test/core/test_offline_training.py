@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from structalign_ros.cli import main
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
 from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.dataset import WindowDataset, iter_windows, split_episodes
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE
 from structalign_ros.core.synthetic import SyntheticWorld
 from structalign_ros.core.train import Trainer, load_checkpoint, seed_everything

@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.online import (
     OnlineTrainer,
     Progress,
@@ -303,7 +304,8 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.models import ModalitySpec, MultimodalModel
+        from structalign_ros.core.batch import ModalitySpec
+        from structalign_ros.core.models import MultimodalModel
         from structalign_ros.core.online import OnlineTrainer
         from structalign_ros.core.synthetic import SyntheticWorld
 
@@ -412,7 +414,8 @@ def test_a_process_that_never_closes_its_trainer_still_exits():
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.models import ModalitySpec, MultimodalModel
+        from structalign_ros.core.batch import ModalitySpec
+        from structalign_ros.core.models import MultimodalModel
         from structalign_ros.core.online import OnlineTrainer
         from structalign_ros.core.synthetic import SyntheticWorld
 

@@ -6,9 +6,10 @@ import onnx
 import pytest
 import torch
 
+from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig, RuntimeConfig
 from structalign_ros.core.export import export_onnx, input_names
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
+from structalign_ros.core.models import MultimodalModel
 from structalign_ros.core.runtime import Predictor, check_parity, resolve_providers
 from structalign_ros.core.synthetic import SyntheticWorld
 

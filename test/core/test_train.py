@@ -5,9 +5,9 @@ import threading
 import pytest
 import torch
 
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.batch import Batch, ModalitySpec
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import IncompatibleWeights, ModalitySpec, MultimodalModel
+from structalign_ros.core.models import IncompatibleWeights, MultimodalModel
 from structalign_ros.core.objectives import PairwiseInfoNCE
 from structalign_ros.core.runtime import Predictor
 from structalign_ros.core.synthetic import SyntheticWorld
