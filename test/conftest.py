@@ -49,10 +49,10 @@ class SmallWorld:
 def small_world(tmp_path_factory) -> SmallWorld:
     import torch
 
-    from structalign_ros.core.dataset import bag_layout, iter_windows, labelled_batch
-    from structalign_ros.core.models import MultimodalModel
+    from structalign_ros.core.data.dataset import bag_layout, iter_windows, labelled_batch
+    from structalign_ros.core.learn.models import MultimodalModel
+    from structalign_ros.core.learn.train import save_checkpoint
     from structalign_ros.core.sim.record import record_episode
-    from structalign_ros.core.train import save_checkpoint
 
     root = tmp_path_factory.mktemp("small_world")
     config = small_config()

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structalign_ros.core.batch import Batch, to_batch
-from structalign_ros.core.dataset import iter_windows
-from structalign_ros.core.models import MultimodalModel
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.batch import Batch, to_batch
+from structalign_ros.core.data.dataset import iter_windows
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.train import load_checkpoint
 
 # Windows taken from the episode: one early (every stream started), one a few seconds in.
 PICK = (30, 150)

@@ -2,18 +2,18 @@
 
 Data (:mod:`.data`). Short MuJoCo episodes of the simulated arm (press and push a box) are recorded
 as rosbag2 with :func:`core.sim.record.record_episode` and replayed through the node's own window
-pipeline (:func:`core.dataset.iter_windows`), once, into a cache. Frames are downsampled to ``IMAGE``
+pipeline (:func:`core.data.dataset.iter_windows`), once, into a cache. Frames are downsampled to ``IMAGE``
 pixels once so that hundreds of short training runs fit on a 2-core CPU; everything after that is
-the library's path (:mod:`.arms`): :class:`core.models.MultimodalModel`, the objectives built by
-:func:`core.objectives.build_objective`, :func:`core.train.make_optimizer` and the one training loop,
-:meth:`core.train.Trainer.fit`. The last ``test_episodes`` episodes (1 quick, 2 full) are held out (split by
-episode, never by window).
+the library's path (:mod:`.arms`): :class:`core.learn.models.MultimodalModel`, the objectives
+built by :func:`core.learn.objectives.build_objective`, :func:`core.learn.train.make_optimizer` and
+the one training loop, :meth:`core.learn.train.Trainer.fit`. The last ``test_episodes`` episodes
+(1 quick, 2 full) are held out (split by episode, never by window).
 
 Downstream metrics (:mod:`.probe`, on frozen embeddings of the held-out episodes, probes fit on the
 training ones): end-effector position error in mm (closed-form ridge regression on the fused
-embedding), contact accuracy (:func:`core.metrics.linear_probe_accuracy`, labels from
-:func:`core.evaluation.contact_labels`: tactile force or the box moving), cross-modal retrieval R@1
-and mAP (:func:`core.evaluation.retrieval`, windows spread evenly in time, since neighbours at 30 Hz
+embedding), contact accuracy (:func:`core.eval.metrics.linear_probe_accuracy`, labels from
+:func:`core.eval.evaluation.contact_labels`: tactile force or the box moving), cross-modal retrieval R@1
+and mAP (:func:`core.eval.evaluation.retrieval`, windows spread evenly in time, since neighbours at 30 Hz
 are near-duplicates).
 
 Every arm of an experiment gets the same data, steps, batch size, learning rate and seeds; seed ``s``

@@ -1,5 +1,5 @@
 """One arm of an experiment: a fresh model trained with an objective from the library's registry,
-the library's optimiser set-up and the library's loop (:meth:`core.train.Trainer.fit`)."""
+the library's optimiser set-up and the library's loop (:meth:`core.learn.train.Trainer.fit`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from structalign_ros.core.batch import Batch, ModalitySpec
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.kernels import InputKernels
-from structalign_ros.core.models import MultimodalModel
-from structalign_ros.core.objectives import MOVER, Objective, UniOMA, build_objective, input_kernels
+from structalign_ros.core.data.batch import Batch, ModalitySpec
+from structalign_ros.core.learn.kernels import InputKernels
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.objectives import MOVER, Objective, UniOMA, build_objective, input_kernels
+from structalign_ros.core.learn.train import Trainer, make_optimizer, seed_everything
 from structalign_ros.core.ot import OTConvergenceWarning
-from structalign_ros.core.train import Trainer, make_optimizer, seed_everything
 
 from .data import IMAGE, Split
 
@@ -80,7 +80,7 @@ def objective(
     aligned: bool = True,
     paired: bool = True,
 ) -> Objective:
-    """``name`` from the library's registry (:func:`core.objectives.build_objective`) with
+    """``name`` from the library's registry (:func:`core.learn.objectives.build_objective`) with
     :data:`OBJECTIVE`, plus what the config cannot say: UniOMA's input kernels drawn from ``seed``
     (``shuffled``: E1's control), OTM's ``aligned`` mode, MOVER's OT-matched positives
     (``paired=False``)."""

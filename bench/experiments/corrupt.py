@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from structalign_ros.core.batch import Batch
+from structalign_ros.core.data.batch import Batch
 
 from .data import Split
 

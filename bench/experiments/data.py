@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structalign_ros.core.bags import iter_samples
-from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.dataset import bag_layout, iter_windows
-from structalign_ros.core.evaluation import contact_labels, object_speed
+from structalign_ros.core.data.bags import iter_samples
+from structalign_ros.core.data.batch import Batch, ModalitySpec, to_batch
+from structalign_ros.core.data.dataset import bag_layout, iter_windows
+from structalign_ros.core.eval.evaluation import contact_labels, object_speed
 from structalign_ros.core.sim.record import record_episode
 
 IMAGE = 32  # camera and depth side after the one-off resizing

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from structalign_ros.core.batch import Batch
-from structalign_ros.core.models import MultimodalModel
-from structalign_ros.core.objectives import OTM
+from structalign_ros.core.data.batch import Batch
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.objectives import OTM
 
 from .arms import Budget, objective, train_arm
 from .corrupt import Corruptor, shuffle_pairs, without

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from structalign_ros.core.evaluation import retrieval
+from structalign_ros.core.eval.evaluation import retrieval
 
 from .arms import Budget, objective, train_arm
 from .corrupt import shuffle_pairs

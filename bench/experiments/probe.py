@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from structalign_ros.core.batch import Batch
-from structalign_ros.core.metrics import linear_probe_accuracy
-from structalign_ros.core.models import MultimodalModel
+from structalign_ros.core.data.batch import Batch
+from structalign_ros.core.eval.metrics import linear_probe_accuracy
+from structalign_ros.core.learn.models import MultimodalModel
 
 from .data import Split
 

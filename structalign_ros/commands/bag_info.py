@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections import Counter
 
-from structalign_ros.core.bags import BagError, bag_info
 from structalign_ros.core.config import ConfigError, StructAlignConfig
 from structalign_ros.core.config_io import load_yaml
+from structalign_ros.core.data.bags import BagError, bag_info
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from structalign_ros.core.dataset import ReplayReport, iter_windows
+    from structalign_ros.core.data.dataset import ReplayReport, iter_windows
 
     try:
         config = load_yaml(args.config) if args.config else StructAlignConfig()

@@ -1,8 +1,8 @@
 """``structalign eval``: a trained model on rosbags -> a table, a JSON file and plots.
 
 Each bag is one episode (the contact probe is tested on episodes it was not fitted on); windows come
-from the same replay path as training (:func:`core.dataset.iter_windows`), and every number from
-:func:`core.evaluation.evaluate`.
+from the same replay path as training (:func:`core.data.dataset.iter_windows`), and every number from
+:func:`core.eval.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def labelled_batches(
     in the model's input ``layout`` (its specs)."""
     import numpy as np
 
-    from structalign_ros.core.dataset import iter_windows, labelled_batch, object_track
-    from structalign_ros.core.evaluation import object_speed
+    from structalign_ros.core.data.dataset import iter_windows, labelled_batch, object_track
+    from structalign_ros.core.eval.evaluation import object_speed
 
     for episode, path in enumerate(paths):
         track_ns, track_xyz = object_track(path, config)
@@ -74,7 +74,7 @@ def labelled_batches(
 def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
     """The windows of ``batches`` (see :func:`labelled_batches`) that have a ground-truth pose, one
     :class:`Batch` per episode."""
-    from structalign_ros.core.batch import concat
+    from structalign_ros.core.data.batch import concat
 
     per: dict[int, list[Any]] = {}
     for batch, _, episode in batches:
@@ -87,13 +87,13 @@ def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
 def pose_quality(
     runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any, layout: Any
 ) -> Any:
-    """The model beside the baselines under every sensor condition (:mod:`core.quality`) on the
+    """The model beside the baselines under every sensor condition (:mod:`core.eval.quality`) on the
     labelled windows of ``batches``, or None when there are none; ``--train-bags`` are read in the
     model's input ``layout``."""
-    from structalign_ros.core.baselines import fit_baselines
-    from structalign_ros.core.batch import concat
-    from structalign_ros.core.dataset import labelled_episode
-    from structalign_ros.core.quality import leave_one_episode_out, model_pose, quality_report
+    from structalign_ros.core.data.batch import concat
+    from structalign_ros.core.data.dataset import labelled_episode
+    from structalign_ros.core.eval.quality import leave_one_episode_out, model_pose, quality_report
+    from structalign_ros.core.learn.baselines import fit_baselines
 
     episodes = _labelled_episodes(batches)
     if not episodes:
@@ -227,13 +227,13 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from structalign_ros.core.bags import BagError
     from structalign_ros.core.config import ConfigError
     from structalign_ros.core.config_io import apply_assignments, load_yaml
-    from structalign_ros.core.evaluation import evaluate
-    from structalign_ros.core.export import onnx_bytes
-    from structalign_ros.core.runtime import Predictor
-    from structalign_ros.core.train import CheckpointError, load_checkpoint
+    from structalign_ros.core.data.bags import BagError
+    from structalign_ros.core.eval.evaluation import evaluate
+    from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
+    from structalign_ros.core.serve.export import onnx_bytes
+    from structalign_ros.core.serve.runtime import Predictor
 
     try:
         ckpt = load_checkpoint(args.model)
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
     if report.get("quality"):
-        from structalign_ros.core.quality import format_quality
+        from structalign_ros.core.eval.quality import format_quality
 
         print("\n" + format_quality(report["quality"]))
     if not args.no_plots:

@@ -1,16 +1,17 @@
 """``structalign train``: offline training from rosbags, the live node's data path and train step.
 
-Bags are replayed through :func:`core.dataset.iter_windows` (convert -> WindowAssembler, as the live
-node), batched by :class:`core.dataset.WindowDataset`, and trained by :meth:`core.train.Trainer.fit`
-(the library's one loop, :func:`core.train.train_step`) with this command's hooks. Validation holds
-out whole bags (episodes). The stages: :func:`_load` (config, bags), :func:`_build` (data, model,
-objective, trainer, resume), :func:`_loop` (the fit), :func:`_finish` (model, export, summary).
+Bags are replayed through :func:`core.data.dataset.iter_windows` (convert -> WindowAssembler, as the
+live node), batched by :class:`core.data.dataset.WindowDataset`, and trained by
+:meth:`core.learn.train.Trainer.fit` (the library's one loop, :func:`core.learn.train.train_step`)
+with this command's hooks. Validation holds out whole bags (episodes). The stages: :func:`_load`
+(config, bags), :func:`_build` (data, model, objective, trainer, resume), :func:`_loop` (the fit),
+:func:`_finish` (model, export, summary).
 The run directory gets:
 
 - ``model.pt`` (the checkpoint ``structalign run``, ``eval`` and the perception node load) and
   ``model.onnx`` (exported and parity-checked against ONNX Runtime): the model the run delivers,
   the best on the held-out bags (validated every ``train.validate_every`` steps, ``best.pt`` and
-  ``best.json`` meanwhile) with its pose experts refitted and calibrated (:mod:`core.headfit`), if
+  ``best.json`` meanwhile) with its pose experts refitted and calibrated (:mod:`core.learn.headfit`), if
   that is no worse on the held-out bags than without;
 - ``last.pt`` (the latest weights) and ``resume.pt`` (optimiser and counters, for ``--resume``),
   written every ``--checkpoint-every`` steps and at every epoch end, both atomically;
@@ -38,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 from structalign_ros.commands.options import add_set_argument
 from structalign_ros.core.config import OBJECTIVES
-from structalign_ros.core.hooks import TrainHooks
+from structalign_ros.core.learn.hooks import TrainHooks
 
 if TYPE_CHECKING:
-    from structalign_ros.core.train import Trainer
+    from structalign_ros.core.learn.train import Trainer
 
 # UniOMA is chosen as a base objective plus --gw-regularizer
 OBJECTIVE_CHOICES = tuple(n for n in OBJECTIVES if n != "unioma")
@@ -120,7 +121,7 @@ def _init_distributed(device_spec: str) -> tuple[int, int, Any]:
     import torch
     import torch.distributed as dist
 
-    from structalign_ros.core.runtime import resolve_device
+    from structalign_ros.core.serve.runtime import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -251,11 +252,11 @@ def _run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> _Job:
     """The config (the run's own when resuming, else the file with the command line's overrides)
     and the bags, split by episode."""
-    from structalign_ros.core.bags import BagError
     from structalign_ros.core.config import ConfigError, StructAlignConfig
     from structalign_ros.core.config_io import load_yaml
-    from structalign_ros.core.dataset import estimated_windows, split_episodes
-    from structalign_ros.core.train import CheckpointError, load_checkpoint
+    from structalign_ros.core.data.bags import BagError
+    from structalign_ros.core.data.dataset import estimated_windows, split_episodes
+    from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
 
     run_dir = Path(args.out)
     resuming = args.resume and (run_dir / "resume.pt").exists()
@@ -283,10 +284,10 @@ def _build(job: _Job) -> None:
     import torch
     import torch.distributed as dist
 
-    from structalign_ros.core.dataset import WindowDataset, bag_layout, data_loader
-    from structalign_ros.core.models import MultimodalModel
-    from structalign_ros.core.objectives import build_objective
-    from structalign_ros.core.train import Trainer, load_checkpoint, seed_everything
+    from structalign_ros.core.data.dataset import WindowDataset, bag_layout, data_loader
+    from structalign_ros.core.learn.models import MultimodalModel
+    from structalign_ros.core.learn.objectives import build_objective
+    from structalign_ros.core.learn.train import Trainer, load_checkpoint, seed_everything
 
     args, config, device, world = job.args, job.config, job.device, job.world
     # RUN is where this command writes (Trainer.save); config.train.checkpoint_dir is left as it was,
@@ -386,7 +387,7 @@ def _loop(job: _Job) -> dict[str, Any]:
 
 def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -> None:
     """``model.pt``, ``model.onnx`` and ``summary.json`` (also printed) on rank 0."""
-    from structalign_ros.core.train import save_checkpoint
+    from structalign_ros.core.learn.train import save_checkpoint
 
     trainer, tc, world = job.trainer, job.config.train, job.world
     summary_head = dict(hooks["refit"].summary) if "refit" in hooks else {}
@@ -423,8 +424,8 @@ def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -
 
 def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:
     """``run_dir/model.onnx`` from the delivered model, parity-checked on real windows."""
-    from structalign_ros.core.export import example_batch, export_onnx
-    from structalign_ros.core.runtime import check_parity
+    from structalign_ros.core.serve.export import example_batch, export_onnx
+    from structalign_ros.core.serve.runtime import check_parity
 
     model = model.cpu().eval()
     path = run_dir / "model.onnx"
@@ -447,7 +448,7 @@ class BestOnValidation(TrainHooks):
     At the end of the loop the model goes back to them."""
 
     def __init__(self, run_dir: Path, model: Any, resuming: bool) -> None:
-        from structalign_ros.core.train import CheckpointError, load_checkpoint
+        from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
 
         self.run_dir = run_dir
         self._model = model
@@ -476,7 +477,7 @@ class BestOnValidation(TrainHooks):
 
     def offer(self, step: int, metrics: dict[str, float], config: Any) -> bool:
         """Keep the trainer's current weights if they beat the best so far; returns whether."""
-        from structalign_ros.core.train import save_checkpoint
+        from structalign_ros.core.learn.train import save_checkpoint
 
         key, value = self.score(metrics)
         if not value < self.value:
@@ -489,7 +490,7 @@ class BestOnValidation(TrainHooks):
 
     def restore(self, model: Any) -> None:
         """Load the best weights into ``model`` (nothing when no validation has run)."""
-        from structalign_ros.core.train import load_checkpoint
+        from structalign_ros.core.learn.train import load_checkpoint
 
         if self.step is not None:
             model.load_state_dict(load_checkpoint(self.run_dir / "best.pt").state)
@@ -515,8 +516,8 @@ def _fit_head(
     bags, and keep the result only if it is no worse there (else the weights stay as they were)."""
     import copy
 
-    from structalign_ros.core.dataset import data_loader
-    from structalign_ros.core.headfit import calibrate, expert_cues, fit_experts
+    from structalign_ros.core.data.dataset import data_loader
+    from structalign_ros.core.learn.headfit import calibrate, expert_cues, fit_experts
 
     tc = trainer.config.train
     started = time.perf_counter()

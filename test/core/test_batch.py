@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from structalign_ros.cli import main
-from structalign_ros.core import perception
-from structalign_ros.core.bags import BagWriter, bag_info, iter_messages
-from structalign_ros.core.batch import Batch, ModalitySpec, to_batch
-from structalign_ros.core.convert import stamp_ns
-from structalign_ros.core.dataset import (
+from structalign_ros.core.data.bags import BagWriter, bag_info, iter_messages
+from structalign_ros.core.data.batch import Batch, ModalitySpec, to_batch
+from structalign_ros.core.data.convert import stamp_ns
+from structalign_ros.core.data.dataset import (
     ReplayReport,
     WindowDataset,
     data_loader,
     iter_windows,
     labelled_batch,
 )
-from structalign_ros.core.objectives import PairwiseInfoNCE
-from structalign_ros.core.perception import PerceptionPipeline
-from structalign_ros.core.train import Trainer, evaluate, load_checkpoint, make_optimizer, train_step
+from structalign_ros.core.learn.objectives import PairwiseInfoNCE
+from structalign_ros.core.learn.train import Trainer, evaluate, load_checkpoint, make_optimizer, train_step
+from structalign_ros.core.serve import perception
+from structalign_ros.core.serve.perception import PerceptionPipeline
 
 LATE_S = 0.5  # the wrench stream of the foreign bag starts this late
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.dataset import ReplayReport, WindowDataset, bag_layout, data_loader, iter_windows
+from structalign_ros.core.data.dataset import (
+    ReplayReport,
+    WindowDataset,
+    bag_layout,
+    data_loader,
+    iter_windows,
+)
 from structalign_ros.core.sim.record import record_episode
 
 

@@ -3,11 +3,15 @@
 import pytest
 import torch
 
-from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig
-from structalign_ros.core.models import MultimodalModel, masked_weights
-from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix, rotation_6d_to_matrix
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel, masked_weights
+from structalign_ros.core.learn.rotations import (
+    matrix_to_rotation_6d,
+    quaternion_to_matrix,
+    rotation_6d_to_matrix,
+)
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -81,7 +85,7 @@ def test_rotation_6d_round_trip_and_quaternions():
 
 
 def test_a_masked_batch_zeroes_and_masks_only_what_it_drops():
-    from structalign_ros.core.synthetic import SyntheticWorld
+    from structalign_ros.core.eval.synthetic import SyntheticWorld
 
     world = SyntheticWorld(modalities=("rgb", "wrench", "joints"), image=16, steps=6)
     batch, _ = world.batch(4, seed=3)

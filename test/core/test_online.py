@@ -13,10 +13,11 @@ import time
 import pytest
 import torch
 
-from structalign_ros.core.batch import ModalitySpec
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import MultimodalModel
-from structalign_ros.core.online import (
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.serve.online import (
     OnlineTrainer,
     Progress,
     ReplayBuffer,
@@ -26,8 +27,7 @@ from structalign_ros.core.online import (
     _Weights,
     no_worse,
 )
-from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.serve.runtime import Predictor
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -304,10 +304,10 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.batch import ModalitySpec
-        from structalign_ros.core.models import MultimodalModel
-        from structalign_ros.core.online import OnlineTrainer
-        from structalign_ros.core.synthetic import SyntheticWorld
+        from structalign_ros.core.data.batch import ModalitySpec
+        from structalign_ros.core.learn.models import MultimodalModel
+        from structalign_ros.core.serve.online import OnlineTrainer
+        from structalign_ros.core.eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
         batch, _ = world.batch(16, seed=0)
@@ -414,10 +414,10 @@ def test_a_process_that_never_closes_its_trainer_still_exits():
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.batch import ModalitySpec
-        from structalign_ros.core.models import MultimodalModel
-        from structalign_ros.core.online import OnlineTrainer
-        from structalign_ros.core.synthetic import SyntheticWorld
+        from structalign_ros.core.data.batch import ModalitySpec
+        from structalign_ros.core.learn.models import MultimodalModel
+        from structalign_ros.core.serve.online import OnlineTrainer
+        from structalign_ros.core.eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
         one, _ = world.batch(1, seed=1)

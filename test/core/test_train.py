@@ -5,13 +5,12 @@ import threading
 import pytest
 import torch
 
-from structalign_ros.core.batch import Batch, ModalitySpec
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import IncompatibleWeights, MultimodalModel
-from structalign_ros.core.objectives import PairwiseInfoNCE
-from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import (
+from structalign_ros.core.data.batch import Batch, ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import IncompatibleWeights, MultimodalModel
+from structalign_ros.core.learn.objectives import PairwiseInfoNCE
+from structalign_ros.core.learn.train import (
     CheckpointError,
     Trainer,
     TrainHooks,
@@ -22,6 +21,7 @@ from structalign_ros.core.train import (
     seed_everything,
     train_step,
 )
+from structalign_ros.core.serve.runtime import Predictor
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
