@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from structalign_ros.core.bags import BagWriter, iter_samples
 from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.data.bags import BagWriter, iter_samples
+from structalign_ros.core.data.windows import WindowAssembler
 from structalign_ros.core.sim.record import reading_to_msg, topics_by_kind
 from structalign_ros.core.sim.robot import SimRobot
-from structalign_ros.core.windows import WindowAssembler
 
 SERIES = ("wrench", "joints", "imu", "tactile")
 

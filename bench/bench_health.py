@@ -2,7 +2,7 @@
 its health signals on and off, side by side on the same recorded episode.
 
 One episode of the default simulated robot is recorded (``--seconds``, default 40; or ``--bag``) and
-replayed message by message through :class:`~structalign_ros.core.perception.PerceptionPipeline` (the
+replayed message by message through :class:`~structalign_ros.core.serve.perception.PerceptionPipeline` (the
 node's own path, without DDS) with the shipped model, fine-tuning off. For each modality and fault kind
 of :class:`~structalign_ros.core.sim.faults.FaultInjector` (noise and bias at 1x the signal's std,
 stuck, zero, a 100 ms delay, and for the cameras blackout and occlusion), the fault runs from
@@ -37,10 +37,10 @@ import torch
 
 from structalign_ros.core.config import FRAME_KINDS, FaultConfig, StructAlignConfig
 from structalign_ros.core.config_io import from_dict, to_dict
-from structalign_ros.core.perception import PerceptionPipeline, replay
+from structalign_ros.core.learn.train import load_checkpoint
+from structalign_ros.core.serve.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.core.sim.record import record_episode
-from structalign_ros.core.train import load_checkpoint
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "sim_default.pt"
 SERIES_FAULTS = ("noise", "stuck", "bias", "zero", "delay")

@@ -107,7 +107,7 @@ def window_floor_ms(stream: Stream, config: StructAlignConfig) -> np.ndarray:
     """Per camera frame, how long after it the window rule itself lets its window complete (ms).
 
     A series stream (F/T, IMU, joints, tactile) contributes to the window of pivot ``t`` with its first
-    sample later than ``t + window.reorder_s`` (``core/windows.py``), so no node, however fast, can
+    sample later than ``t + window.reorder_s`` (``core/data/windows.py``), so no node, however fast, can
     publish before the slowest of those samples exists. Data time only: no compute, no transport.
     """
     series = {m.topic for m in config.modalities.values() if m.enabled and m.kind not in FRAME_KINDS}

@@ -6,9 +6,9 @@ Per simulated robot (``arm4``: the default config; ``arm6``: ``config/sim_arm6.y
    seed, 40 s each; test seeds ``--test-seeds``, 30 s each), or reuse them from ``--data``;
 2. train with the default recipe exactly as a user would: ``structalign train --bags TRAIN... VAL
    --config ROBOT.yaml --out RUN``, no other flag (wall time and CPU time measured);
-3. on the test episodes, under every condition of :mod:`core.quality` (all sensors; each modality
+3. on the test episodes, under every condition of :mod:`core.eval.quality` (all sensors; each modality
    masked; each modality noised at its own std), the model's ``RUN/model.pt`` and every baseline of
-   :mod:`core.baselines`, fitted on the training and validation episodes the model saw.
+   :mod:`core.learn.baselines`, fitted on the training and validation episodes the model saw.
 
 Prints a table per robot, the targets of issue 14 with pass/fail, then one JSON line
 ``{"robots": {NAME: {"train_s", "train_cpu_s", "conditions": {COND: {"model_mm", "model_deg",
@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from structalign_ros.core.baselines import fit_baselines
-from structalign_ros.core.batch import concat
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.config_io import load_yaml
-from structalign_ros.core.dataset import labelled_episode
-from structalign_ros.core.quality import format_quality, model_pose, quality_report
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.batch import concat
+from structalign_ros.core.data.dataset import labelled_episode
+from structalign_ros.core.eval.quality import format_quality, model_pose, quality_report
+from structalign_ros.core.learn.baselines import fit_baselines
+from structalign_ros.core.learn.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOTS = {"arm4": None, "arm6": ROOT / "config" / "sim_arm6.yaml"}
@@ -119,9 +119,9 @@ def main() -> None:
         wall_s, cpu_s = train(robot, seen, run)
         model = load_checkpoint(run / "model.pt").build_model().eval()
         t0 = time.perf_counter()
-        baselines = fit_baselines(concat([labelled_episode(p, config) for p in seen]), kinds)
+        baselines = fit_baselines(concat([labelled_episode(p, config, model.specs) for p in seen]), kinds)
         fit_s = time.perf_counter() - t0
-        test = concat([labelled_episode(p, config) for p in tests])
+        test = concat([labelled_episode(p, config, model.specs) for p in tests])
         conds = quality_report(model_pose(model), test, baselines, kinds)
         checks = targets(conds, kinds, robot == "arm4", cpu_s)
         print(

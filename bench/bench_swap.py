@@ -36,9 +36,9 @@ def _child(swaps: int, trim: bool) -> None:
     import torch
 
     from structalign_ros.core.config import RuntimeConfig
-    from structalign_ros.core.export import example_batch, onnx_bytes
-    from structalign_ros.core.runtime import Predictor
-    from structalign_ros.core.train import load_checkpoint
+    from structalign_ros.core.learn.train import load_checkpoint
+    from structalign_ros.core.serve.export import example_batch, onnx_bytes
+    from structalign_ros.core.serve.runtime import Predictor
 
     torch.set_num_threads(1)
     sys.setswitchinterval(0.001)  # as the node does (perception_node.responsive_threads)

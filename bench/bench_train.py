@@ -31,14 +31,15 @@ from collections.abc import Callable
 import torch
 
 from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
-from structalign_ros.core.export import export_onnx
-from structalign_ros.core.kernels import rbf_kernel
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.objectives import build_objective
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.kernels import rbf_kernel
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.objectives import build_objective
+from structalign_ros.core.learn.train import make_optimizer, seed_everything, train_step
 from structalign_ros.core.ot import OTConvergenceWarning, gromov_wasserstein2, gw_barycenter
-from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import make_optimizer, seed_everything, train_step
+from structalign_ros.core.serve.export import export_onnx
+from structalign_ros.core.serve.runtime import Predictor
 
 
 def timed_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -4,7 +4,7 @@ Each command lives in its own module under :mod:`structalign_ros.commands` with 
 ``configure(parser)`` and ``run(args) -> int``. Modules are imported only when their command runs, so
 ``structalign --help`` stays instant and a command never pays for another's heavy imports.
 
-A :class:`~structalign_ros.core.bags.BagError` (a bag unreadable, or with topics the configuration does
+A :class:`~core.data.bags.BagError` (a bag unreadable, or with topics the configuration does
 not read) or a :class:`~structalign_ros.core.config.ConfigError` (an unknown key or an invalid value in
 ``--config`` or ``--set``) ends any command with its message on stderr and exit code 1, no traceback.
 """
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     # A bag that cannot be read or does not fit the configuration (a user's own bag) is an answer for
     # the user, not a traceback, whichever command and whichever stage of it met the bag.
-    from structalign_ros.core.bags import BagError
     from structalign_ros.core.config import ConfigError
+    from structalign_ros.core.data.bags import BagError
 
     try:
         return int(module.run(args) or 0)

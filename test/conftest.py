@@ -49,20 +49,20 @@ class SmallWorld:
 def small_world(tmp_path_factory) -> SmallWorld:
     import torch
 
-    from structalign_ros.core.dataset import collate_labelled, iter_windows
-    from structalign_ros.core.models import ModalitySpec, MultimodalModel
+    from structalign_ros.core.data.dataset import bag_layout, iter_windows, labelled_batch
+    from structalign_ros.core.learn.models import MultimodalModel
+    from structalign_ros.core.learn.train import save_checkpoint
     from structalign_ros.core.sim.record import record_episode
-    from structalign_ros.core.train import save_checkpoint
 
     root = tmp_path_factory.mktemp("small_world")
     config = small_config()
     bag = root / "episode"
     record_episode(bag, config, seed=3, seconds=3.0)
     items = [(w, p) for w, p in iter_windows([bag], config) if all(w.mask.values())][:32]
-    batch = collate_labelled(items)
-    kinds = {n: m.kind for n, m in config.modalities.items()}
+    layout = bag_layout([bag], config)
+    batch = labelled_batch(items, layout)
     torch.manual_seed(0)
-    model = MultimodalModel(ModalitySpec.from_batch(batch, kinds), config.model)
+    model = MultimodalModel(layout, config.model)
     model.fit_input_stats(batch)
     checkpoint = root / "model.pt"
     save_checkpoint(checkpoint, model, config)

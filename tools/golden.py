@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structalign_ros.core.batch import Batch
-from structalign_ros.core.dataset import collate_labelled, iter_windows
-from structalign_ros.core.models import MultimodalModel
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.batch import Batch, to_batch
+from structalign_ros.core.data.dataset import iter_windows
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.train import load_checkpoint
 
-# Windows taken from the episode (after its warm-up): one early, one a few seconds in.
+# Windows taken from the episode: one early (every stream started), one a few seconds in.
 PICK = (30, 150)
 
 
@@ -55,7 +55,7 @@ def main() -> int:
     checkpoint = load_checkpoint(args.model)
     model = checkpoint.build_model()
     items = list(itertools.islice(iter_windows([args.bag], checkpoint.config), max(PICK) + 1))
-    batch = golden_batch(collate_labelled([(items[i][0], None) for i in PICK]))
+    batch = golden_batch(to_batch([items[i][0] for i in PICK], checkpoint.specs))
     result = outputs(model, batch)
     np.savez_compressed(
         Path(args.out),

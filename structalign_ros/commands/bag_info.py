@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections import Counter
 
-from structalign_ros.core.bags import BagError, bag_info
 from structalign_ros.core.config import ConfigError, StructAlignConfig
 from structalign_ros.core.config_io import load_yaml
+from structalign_ros.core.data.bags import BagError, bag_info
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from structalign_ros.core.dataset import ReplayReport, iter_windows
+    from structalign_ros.core.data.dataset import ReplayReport, iter_windows
 
     try:
         config = load_yaml(args.config) if args.config else StructAlignConfig()
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"modalities found: {', '.join(found) or 'none'}; missing: {', '.join(missing) or 'none'}")
     print(
         f"windows: {report.windows} ({report.complete_windows} with every modality, "
-        f"{report.warmup_windows} skipped before every stream started)"
+        f"{report.warmup_windows} before every stream started, those streams masked)"
     )
     masked = sum((s.masked for s in report.assembler), start=Counter())
     dropped = sum((s.dropped for s in report.assembler), start=Counter())

@@ -31,7 +31,7 @@ import numpy as np
 from structalign_ros.commands.options import add_set_argument
 from structalign_ros.commands.play import add_fault_arguments, resolve_fault
 from structalign_ros.core.config import ConfigError, FaultConfig, StructAlignConfig
-from structalign_ros.core.dataset import POSE_TOLERANCE_NS
+from structalign_ros.core.data.dataset import POSE_TOLERANCE_NS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +116,7 @@ def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
     """Rotation angle between two ``[x, y, z, w]`` quaternions (the pipeline's and eval's measure)."""
     import torch
 
-    from structalign_ros.core.rotations import geodesic_angle, quaternion_to_matrix
+    from structalign_ros.core.learn.rotations import geodesic_angle, quaternion_to_matrix
 
     R1, R2 = (quaternion_to_matrix(torch.from_numpy(q).double()) for q in (q1, q2))
     return float(torch.rad2deg(geodesic_angle(R1, R2)))

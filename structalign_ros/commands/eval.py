@@ -1,8 +1,8 @@
 """``structalign eval``: a trained model on rosbags -> a table, a JSON file and plots.
 
 Each bag is one episode (the contact probe is tested on episodes it was not fitted on); windows come
-from the same replay path as training (:func:`core.dataset.iter_windows`), and every number from
-:func:`core.evaluation.evaluate`.
+from the same replay path as training (:func:`core.data.dataset.iter_windows`), and every number from
+:func:`core.eval.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -46,13 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def labelled_batches(
-    paths: Sequence[str | Path], config: Any, batch_size: int
+    paths: Sequence[str | Path], config: Any, batch_size: int, layout: Any
 ) -> Iterator[tuple[Any, Any, int]]:
-    """``(batch, object speed, episode)`` over every bag, in time order (see :func:`evaluation.collect`)."""
+    """``(batch, object speed, episode)`` over every bag, in time order (see :func:`evaluation.collect`),
+    in the model's input ``layout`` (its specs)."""
     import numpy as np
 
-    from structalign_ros.core.dataset import collate_labelled, iter_windows, object_track
-    from structalign_ros.core.evaluation import object_speed
+    from structalign_ros.core.data.dataset import iter_windows, labelled_batch, object_track
+    from structalign_ros.core.eval.evaluation import object_speed
 
     for episode, path in enumerate(paths):
         track_ns, track_xyz = object_track(path, config)
@@ -62,10 +63,10 @@ def labelled_batches(
             chunk = [item for _, item in zip(range(batch_size), windows, strict=False)]
             if not chunk:
                 break
-            batch = collate_labelled(chunk)
+            batch = labelled_batch(chunk, layout)
             if batch.pose is None:  # some windows lack ground truth: keep the ones that have it
                 poses = [p if p is not None else np.full(7, np.nan, np.float32) for _, p in chunk]
-                batch = collate_labelled([(w, p) for (w, _), p in zip(chunk, poses, strict=True)])
+                batch = labelled_batch([(w, p) for (w, _), p in zip(chunk, poses, strict=True)], layout)
             speed = object_speed(track_ns, track_xyz, batch.stamps_ns.numpy()) if len(track_ns) else None
             yield batch, speed, episode
 
@@ -73,7 +74,7 @@ def labelled_batches(
 def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
     """The windows of ``batches`` (see :func:`labelled_batches`) that have a ground-truth pose, one
     :class:`Batch` per episode."""
-    from structalign_ros.core.batch import concat
+    from structalign_ros.core.data.batch import concat
 
     per: dict[int, list[Any]] = {}
     for batch, _, episode in batches:
@@ -83,20 +84,23 @@ def _labelled_episodes(batches: Sequence[tuple[Any, Any, int]]) -> list[Any]:
     return [concat(parts) for _, parts in sorted(per.items())]
 
 
-def pose_quality(runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any) -> Any:
-    """The model beside the baselines under every sensor condition (:mod:`core.quality`) on the
-    labelled windows of ``batches``, or None when there are none."""
-    from structalign_ros.core.baselines import fit_baselines
-    from structalign_ros.core.batch import concat
-    from structalign_ros.core.dataset import labelled_episode
-    from structalign_ros.core.quality import leave_one_episode_out, model_pose, quality_report
+def pose_quality(
+    runner: Any, batches: Sequence[tuple[Any, Any, int]], config: Any, args: Any, layout: Any
+) -> Any:
+    """The model beside the baselines under every sensor condition (:mod:`core.eval.quality`) on the
+    labelled windows of ``batches``, or None when there are none; ``--train-bags`` are read in the
+    model's input ``layout``."""
+    from structalign_ros.core.data.batch import concat
+    from structalign_ros.core.data.dataset import labelled_episode
+    from structalign_ros.core.eval.quality import leave_one_episode_out, model_pose, quality_report
+    from structalign_ros.core.learn.baselines import fit_baselines
 
     episodes = _labelled_episodes(batches)
     if not episodes:
         return None
     kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
     if args.train_bags:
-        train = [e for e in (labelled_episode(p, config) for p in args.train_bags) if e is not None]
+        train = [e for e in (labelled_episode(p, config, layout) for p in args.train_bags) if e is not None]
         if not train:
             raise ValueError("the --train-bags have no ground-truth poses to fit the baselines on")
         baselines = fit_baselines(concat(train), kinds)
@@ -223,13 +227,13 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from structalign_ros.core.bags import BagError
     from structalign_ros.core.config import ConfigError
     from structalign_ros.core.config_io import apply_assignments, load_yaml
-    from structalign_ros.core.evaluation import evaluate
-    from structalign_ros.core.export import onnx_bytes
-    from structalign_ros.core.runtime import Predictor
-    from structalign_ros.core.train import CheckpointError, load_checkpoint
+    from structalign_ros.core.data.bags import BagError
+    from structalign_ros.core.eval.evaluation import evaluate
+    from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
+    from structalign_ros.core.serve.export import onnx_bytes
+    from structalign_ros.core.serve.runtime import Predictor
 
     try:
         ckpt = load_checkpoint(args.model)
@@ -246,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "onnx":
             runner = Predictor.from_onnx(onnx_bytes(model), providers="CPUExecutionProvider", threads=1)
         # read once: the evaluation and the baselines' conditions see the same windows
-        batches = list(labelled_batches(args.bags, config, args.batch_size))
+        batches = list(labelled_batches(args.bags, config, args.batch_size, model.specs))
         report = evaluate(
             runner,
             batches,
@@ -255,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
             geometry_windows=args.geometry_windows,
         )
         if not args.no_baselines:
-            report["quality"] = pose_quality(runner, batches, config, args)
+            report["quality"] = pose_quality(runner, batches, config, args, model.specs)
     except (CheckpointError, ConfigError, BagError, OSError, ValueError) as exc:
         print(f"structalign eval: {exc}", file=sys.stderr)
         return 1
@@ -267,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
     if report.get("quality"):
-        from structalign_ros.core.quality import format_quality
+        from structalign_ros.core.eval.quality import format_quality
 
         print("\n" + format_quality(report["quality"]))
     if not args.no_plots:

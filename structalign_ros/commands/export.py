@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from structalign_ros.core.export import example_batch, export_onnx
-from structalign_ros.core.runtime import check_parity
-from structalign_ros.core.train import CheckpointError, load_checkpoint
+from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
+from structalign_ros.core.serve.export import example_batch, export_onnx
+from structalign_ros.core.serve.runtime import check_parity
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

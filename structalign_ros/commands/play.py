@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from structalign_ros.core.bags import BagError
+    from structalign_ros.core.data.bags import BagError
     from structalign_ros.ros.player import BagPlayer
 
     try:

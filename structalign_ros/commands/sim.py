@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from structalign_ros.commands.play import add_fault_arguments, resolve_fault
-from structalign_ros.core.bags import STORAGES, BagError
 from structalign_ros.core.config import ConfigError, StructAlignConfig
 from structalign_ros.core.config_io import load_yaml
+from structalign_ros.core.data.bags import STORAGES, BagError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

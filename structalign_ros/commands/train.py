@@ -1,13 +1,17 @@
 """``structalign train``: offline training from rosbags, the live node's data path and train step.
 
-Bags are replayed through :func:`core.dataset.iter_windows` (convert -> WindowAssembler, as the live
-node), batched by :class:`core.dataset.WindowDataset`, and trained by :class:`core.train.Trainer`
-(:func:`core.train.train_step`). Validation holds out whole bags (episodes). The run directory gets:
+Bags are replayed through :func:`core.data.dataset.iter_windows` (convert -> WindowAssembler, as the
+live node), batched by :class:`core.data.dataset.WindowDataset`, and trained by
+:meth:`core.learn.train.Trainer.fit` (the library's one loop, :func:`core.learn.train.train_step`)
+with this command's hooks. Validation holds out whole bags (episodes). The stages: :func:`_load`
+(config, bags), :func:`_build` (data, model, objective, trainer, resume), :func:`_loop` (the fit),
+:func:`_finish` (model, export, summary).
+The run directory gets:
 
 - ``model.pt`` (the checkpoint ``structalign run``, ``eval`` and the perception node load) and
   ``model.onnx`` (exported and parity-checked against ONNX Runtime): the model the run delivers,
   the best on the held-out bags (validated every ``train.validate_every`` steps, ``best.pt`` and
-  ``best.json`` meanwhile) with its pose experts refitted and calibrated (:mod:`core.headfit`), if
+  ``best.json`` meanwhile) with its pose experts refitted and calibrated (:mod:`core.learn.headfit`), if
   that is no worse on the held-out bags than without;
 - ``last.pt`` (the latest weights) and ``resume.pt`` (optimiser and counters, for ``--resume``),
   written every ``--checkpoint-every`` steps and at every epoch end, both atomically;
@@ -29,11 +33,16 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from structalign_ros.commands.options import add_set_argument
 from structalign_ros.core.config import OBJECTIVES
+from structalign_ros.core.learn.hooks import TrainHooks
+
+if TYPE_CHECKING:
+    from structalign_ros.core.learn.train import Trainer
 
 # UniOMA is chosen as a base objective plus --gw-regularizer
 OBJECTIVE_CHOICES = tuple(n for n in OBJECTIVES if n != "unioma")
@@ -112,7 +121,7 @@ def _init_distributed(device_spec: str) -> tuple[int, int, Any]:
     import torch
     import torch.distributed as dist
 
-    from structalign_ros.core.runtime import resolve_device
+    from structalign_ros.core.serve.runtime import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -126,8 +135,9 @@ def _init_distributed(device_spec: str) -> tuple[int, int, Any]:
     return dist.get_rank(), world, device
 
 
-class MetricsLog:
-    """``metrics.csv`` (long format) and TensorBoard events; a no-op off the main process."""
+class MetricsLog(TrainHooks):
+    """``metrics.csv`` (long format) and TensorBoard events of every step and validation; a no-op off
+    the main process."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
@@ -151,14 +161,38 @@ class MetricsLog:
             self._writer.writerow([step, epoch, split, name, f"{value:.6g}"])
             self._tb.add_scalar(f"{split}/{name}", value, step)
 
+    def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.log(trainer.step, trainer.epoch, "train", metrics)
+
+    def on_validate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.log(trainer.step, trainer.epoch, "val", metrics)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.enabled:
             self._csv.close()
             self._tb.close()
 
 
+class _Progress(TrainHooks):
+    """The progress bar, and a line per epoch with its validation."""
+
+    def __init__(self, bar: Any, validating: bool) -> None:
+        self.bar, self.validating = bar, validating
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", epoch=trainer.epoch, refresh=False)
+        self.bar.update(1)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if self.validating:
+            self.bar.write(f"epoch {trainer.epoch}: val " + _describe(trainer.last_val))
+
+
 def _batches(dataset: Any, loader: Any, start_epoch: int) -> Iterator[Any]:
-    """Batches forever, reshuffling at every pass (an epoch is counted in steps, see run())."""
+    """Batches forever, reshuffling at every pass (an epoch is counted in steps, see _build())."""
     for epoch in itertools.count(start_epoch):
         dataset.set_epoch(epoch)
         yield from loader
@@ -172,30 +206,57 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+@dataclass
+class _Job:
+    """What the stages of one ``structalign train`` hand on: :func:`_load` fills the first block,
+    :func:`_build` the rest."""
+
+    args: argparse.Namespace
+    config: Any
+    run_dir: Path
+    resuming: bool
+    train_bags: list[Path]
+    val_bags: list[Path]
+    windows: int
+    rank: int = 0
+    world: int = 1
+    device: Any = None
+    total: int = 0
+    steps_per_epoch: int = 1
+    train_ds: Any = None
+    loader: Any = None
+    val_loader: Any = None
+    model: Any = None
+    trainer: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
-    import torch.distributed as dist
-    from tqdm import tqdm
 
-    from structalign_ros.core.bags import BagError
+    job = _load(args)
+    if job.config.train.threads > 0:
+        torch.set_num_threads(job.config.train.threads)
+    job.rank, job.world, job.device = _init_distributed(job.config.runtime.device)
+    _build(job)
+    started = time.perf_counter()
+    start_step = job.trainer.step
+    hooks = _loop(job)
+    _finish(job, hooks, started, start_step)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> _Job:
+    """The config (the run's own when resuming, else the file with the command line's overrides)
+    and the bags, split by episode."""
     from structalign_ros.core.config import ConfigError, StructAlignConfig
     from structalign_ros.core.config_io import load_yaml
-    from structalign_ros.core.dataset import (
-        WindowDataset,
-        collate_labelled,
-        data_loader,
-        estimated_windows,
-        split_episodes,
-    )
-    from structalign_ros.core.models import ModalitySpec, MultimodalModel
-    from structalign_ros.core.objectives import build_objective
-    from structalign_ros.core.train import (
-        CheckpointError,
-        Trainer,
-        load_checkpoint,
-        save_checkpoint,
-        seed_everything,
-    )
+    from structalign_ros.core.data.bags import BagError
+    from structalign_ros.core.data.dataset import estimated_windows, split_episodes
+    from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
 
     run_dir = Path(args.out)
     resuming = args.resume and (run_dir / "resume.pt").exists()
@@ -214,16 +275,26 @@ def _run(args: argparse.Namespace) -> int:
         raise TrainError(str(exc)) from exc
     if args.resume and not resuming:
         print(f"structalign train: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
+    return _Job(args, config, run_dir, resuming, train_bags, val_bags, windows)
 
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
-    rank, world, device = _init_distributed(config.runtime.device)
-    main = rank == 0
+
+def _build(job: _Job) -> None:
+    """The step budget, the data loaders, the model (new, or the run's own when resuming), the
+    objective and the trainer (resumed)."""
+    import torch
+    import torch.distributed as dist
+
+    from structalign_ros.core.data.dataset import WindowDataset, bag_layout, data_loader
+    from structalign_ros.core.learn.models import MultimodalModel
+    from structalign_ros.core.learn.objectives import build_objective
+    from structalign_ros.core.learn.train import Trainer, load_checkpoint, seed_everything
+
+    args, config, device, world = job.args, job.config, job.device, job.world
     # RUN is where this command writes (Trainer.save); config.train.checkpoint_dir is left as it was,
     # because it travels inside the checkpoint and names the live node's fine-tuning directory.
     tc = config.train
     seed_everything(tc.seed)
-    steps_per_epoch = max(1, windows // world // tc.batch_size)
+    steps_per_epoch = max(1, job.windows // world // tc.batch_size)
     if world > 1:  # every rank takes the same number of steps, or DDP waits forever
         count = torch.tensor([steps_per_epoch], device=device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)
@@ -234,122 +305,127 @@ def _run(args: argparse.Namespace) -> int:
         total = max(1, round(args.epochs * steps_per_epoch))
     else:
         total = tc.steps
+    job.steps_per_epoch, job.total = steps_per_epoch, total
 
-    train_ds = WindowDataset(train_bags, config, seed=tc.seed, shard=(rank, world), cache=not args.no_cache)
-    loader = data_loader(train_ds, tc.batch_size)
+    cache = not args.no_cache
+    job.train_ds = WindowDataset(job.train_bags, config, seed=tc.seed, shard=(job.rank, world), cache=cache)
     kinds = {n: m.kind for n, m in config.modalities.items() if m.enabled}
-    if resuming:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        model = ckpt.build_model()
+    # every batch in the model's input layout: the checkpoint's when resuming, else the first bag's
+    if job.resuming:
+        model = load_checkpoint(job.run_dir / "last.pt").build_model()
+        job.loader = data_loader(job.train_ds, tc.batch_size, model.specs)
     else:
-        first = next(iter(loader), None)
+        try:
+            layout = bag_layout(job.train_bags, config)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from exc
+        job.loader = data_loader(job.train_ds, tc.batch_size, layout)
+        first = next(iter(job.loader), None)
         if first is None:
             raise TrainError(f"the training bags yield fewer than {tc.batch_size} windows")
-        model = MultimodalModel(ModalitySpec.from_batch(first, kinds), config.model)
+        model = MultimodalModel(layout, config.model)
         model.fit_input_stats(first)
     model.to(device)
     objective = build_objective(
         config.objective, {n: kinds[n] for n in model.modalities}, config.model.embed_dim
     )
     objective.to(device)
-    trainer = Trainer(model, objective, config)
-    if resuming:
-        trainer.resume(run_dir)
+    job.model, job.trainer = model, Trainer(model, objective, config)
+    if job.resuming:
+        job.trainer.resume(job.run_dir)
 
-    val_loader = None
-    if val_bags:
-        val_ds = WindowDataset(val_bags, config, shuffle_buffer=1, cache=not args.no_cache)
-        val_loader = torch.utils.data.DataLoader(
-            val_ds, batch_size=tc.batch_size, collate_fn=collate_labelled, drop_last=False
-        )
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if job.val_bags:
+        val_ds = WindowDataset(job.val_bags, config, shuffle_buffer=1, cache=cache)
+        job.val_loader = data_loader(val_ds, tc.batch_size, model.specs, drop_last=False)
+    if job.main:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
         print(
-            f"train: {len(train_bags)} bag(s), ~{windows} windows, {steps_per_epoch} steps/epoch x "
-            f"{world} process(es); val: {len(val_bags)} bag(s); objective {config.objective.name}"
+            f"train: {len(job.train_bags)} bag(s), ~{job.windows} windows, {steps_per_epoch} steps/epoch x "
+            f"{world} process(es); val: {len(job.val_bags)} bag(s); objective {config.objective.name}"
             + (f" (base {config.objective.base})" if config.objective.name == "unioma" else "")
             + f"; {total} steps on {device}",
             file=sys.stderr,
         )
-    log = MetricsLog(run_dir, main)
-    best = BestOnValidation(run_dir, model, resuming) if val_loader is not None and main else None
+
+
+def _loop(job: _Job) -> dict[str, Any]:
+    """:meth:`Trainer.fit` with this command's hooks (rank 0 only: metrics log, best on
+    validation, pose-head refit); returns the hooks by name."""
+    from tqdm import tqdm
+
+    args, trainer, tc = job.args, job.trainer, job.config.train
+    validating = job.val_loader is not None and job.main
     limit = args.val_batches if args.val_batches > 0 else None
-
-    def validate() -> dict[str, float]:
-        metrics = trainer.validate(itertools.islice(val_loader, limit))
-        log.log(trainer.step, trainer.epoch, "val", metrics)
-        if best is not None:
-            best.offer(trainer.step, metrics, config)
-        return metrics
-
-    last_val: dict[str, float] = {}
-    started = time.perf_counter()
-    start_step = trainer.step
-    batches = _batches(train_ds, loader, trainer.epoch)
+    hooks: dict[str, Any] = {"log": MetricsLog(job.run_dir, job.main)}
+    if validating:
+        hooks["best"] = BestOnValidation(job.run_dir, job.model, job.resuming)
+    if job.main and tc.head_steps > 0 and job.model.pose_head is not None:
+        hooks["refit"] = HeadRefit(job.train_ds, job.val_loader, limit, hooks.get("best"))
     bar = tqdm(
-        total=total, initial=trainer.step, unit="step", disable=not main or args.quiet, dynamic_ncols=True
+        total=job.total,
+        initial=trainer.step,
+        unit="step",
+        disable=not job.main or args.quiet,
+        dynamic_ncols=True,
     )
-    every = tc.validate_every
+    # the bar reports each epoch's validation before the best weights are restored and refitted
+    order = [hooks["log"], _Progress(bar, validating)] + [hooks[k] for k in ("best", "refit") if k in hooks]
     try:
-        while trainer.step < total:
-            epoch_end = min(total, (trainer.step // steps_per_epoch + 1) * steps_per_epoch)
-            for metrics in trainer.train_steps(batches, epoch_end - trainer.step):
-                log.log(trainer.step, trainer.epoch, "train", metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", epoch=trainer.epoch, refresh=False)
-                bar.update(1)
-                if args.checkpoint_every > 0 and trainer.step % args.checkpoint_every == 0:
-                    trainer.save(run_dir)
-                if best is not None and every > 0 and trainer.step % every == 0 and trainer.step < total:
-                    last_val = validate()
-            if trainer.step % steps_per_epoch == 0 or trainer.step >= total:
-                trainer.epoch += 1
-                if best is not None:
-                    last_val = validate()
-                    bar.write(f"epoch {trainer.epoch}: val " + _describe(last_val))
-                trainer.save(run_dir)
+        trainer.fit(
+            _batches(job.train_ds, job.loader, trainer.epoch),
+            steps=job.total,
+            steps_per_epoch=job.steps_per_epoch,
+            validation=(lambda: itertools.islice(job.val_loader, limit)) if validating else None,
+            save_dir=job.run_dir,
+            save_every=args.checkpoint_every,
+            hooks=order,
+        )
     finally:
         bar.close()
-    summary_head: dict[str, Any] = {}
-    if main:
-        if best is not None:
-            best.restore(model)
-        if tc.head_steps > 0 and model.pose_head is not None:
-            summary_head = _fit_head(trainer, model, train_ds, val_loader, limit, best, config)
-            last_val = summary_head.pop("val", last_val)
-        save_checkpoint(run_dir / "model.pt", model, config, trainer.step)
-    log.close()
+    return hooks
+
+
+def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -> None:
+    """``model.pt``, ``model.onnx`` and ``summary.json`` (also printed) on rank 0."""
+    from structalign_ros.core.learn.train import save_checkpoint
+
+    trainer, tc, world = job.trainer, job.config.train, job.world
+    summary_head = dict(hooks["refit"].summary) if "refit" in hooks else {}
+    last_val = summary_head.pop("val", trainer.last_val)
+    if job.main:
+        save_checkpoint(job.run_dir / "model.pt", job.model, job.config, trainer.step)
     elapsed = time.perf_counter() - started
+    steps = trainer.step - start_step
+    best = hooks.get("best")
     summary: dict[str, Any] = {
-        "run": str(run_dir),
+        "run": str(job.run_dir),
         "steps": trainer.step,
         "epochs": trainer.epoch,
         "skipped": trainer.skipped,
         "seconds": round(elapsed, 1),
-        "steps_per_s": round((trainer.step - start_step) / elapsed, 3) if elapsed > 0 else None,
-        "windows_per_s": round((trainer.step - start_step) * tc.batch_size * world / elapsed, 1)
-        if elapsed > 0
-        else None,
+        "steps_per_s": round(steps / elapsed, 3) if elapsed > 0 else None,
+        "windows_per_s": round(steps * tc.batch_size * world / elapsed, 1) if elapsed > 0 else None,
         "world_size": world,
         "val": last_val,
         "best_step": None if best is None else best.step,
         **summary_head,
     }
-    if main and not args.no_export:
-        summary["onnx"], summary["onnx_max_abs_diff"] = _export(
-            model, run_dir, val_loader if val_loader is not None else loader
-        )
-    if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if job.main and not job.args.no_export:
+        probe = job.val_loader if job.val_loader is not None else job.loader
+        summary["onnx"], summary["onnx_max_abs_diff"] = _export(job.model, job.run_dir, probe)
+    if job.main:
+        (job.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(summary))
     if world > 1:
+        import torch.distributed as dist
+
         dist.destroy_process_group()
-    return 0
 
 
 def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:
     """``run_dir/model.onnx`` from the delivered model, parity-checked on real windows."""
-    from structalign_ros.core.export import example_batch, export_onnx
-    from structalign_ros.core.runtime import check_parity
+    from structalign_ros.core.serve.export import example_batch, export_onnx
+    from structalign_ros.core.serve.runtime import check_parity
 
     model = model.cpu().eval()
     path = run_dir / "model.onnx"
@@ -366,12 +442,13 @@ def _describe(metrics: dict[str, float]) -> str:
     return text
 
 
-class BestOnValidation:
+class BestOnValidation(TrainHooks):
     """The best weights on the held-out bags so far (pose error where labelled, else the loss), kept
-    in memory and as ``RUN/best.pt`` + ``best.json``; a resumed run starts from the ones on disk."""
+    in memory and as ``RUN/best.pt`` + ``best.json``; a resumed run starts from the ones on disk.
+    At the end of the loop the model goes back to them."""
 
     def __init__(self, run_dir: Path, model: Any, resuming: bool) -> None:
-        from structalign_ros.core.train import CheckpointError, load_checkpoint
+        from structalign_ros.core.learn.train import CheckpointError, load_checkpoint
 
         self.run_dir = run_dir
         self._model = model
@@ -392,9 +469,15 @@ class BestOnValidation:
         key = "pose_pos_mm" if "pose_pos_mm" in metrics else "loss"
         return key, metrics.get(key, float("inf"))
 
+    def on_validate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.offer(trainer.step, metrics, trainer.config)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.restore(self._model)
+
     def offer(self, step: int, metrics: dict[str, float], config: Any) -> bool:
         """Keep the trainer's current weights if they beat the best so far; returns whether."""
-        from structalign_ros.core.train import save_checkpoint
+        from structalign_ros.core.learn.train import save_checkpoint
 
         key, value = self.score(metrics)
         if not value < self.value:
@@ -407,27 +490,38 @@ class BestOnValidation:
 
     def restore(self, model: Any) -> None:
         """Load the best weights into ``model`` (nothing when no validation has run)."""
-        from structalign_ros.core.train import load_checkpoint
+        from structalign_ros.core.learn.train import load_checkpoint
 
         if self.step is not None:
             model.load_state_dict(load_checkpoint(self.run_dir / "best.pt").state)
 
 
+class HeadRefit(TrainHooks):
+    """The last stage, at the end of the loop (after :class:`BestOnValidation` restored the best
+    weights): :func:`_fit_head`; its outcome for the summary in :attr:`summary`."""
+
+    def __init__(self, train_ds: Any, val_loader: Any, limit: int | None, best: Any) -> None:
+        self.train_ds, self.val_loader, self.limit, self.best = train_ds, val_loader, limit, best
+        self.summary: dict[str, Any] = {}
+
+    def on_end(self, trainer: Trainer) -> None:
+        model = trainer.model
+        self.summary = _fit_head(trainer, model, self.train_ds, self.val_loader, self.limit, self.best)
+
+
 def _fit_head(
-    trainer: Any, model: Any, train_ds: Any, val_loader: Any, limit: int | None, best: Any, config: Any
+    trainer: Any, model: Any, train_ds: Any, val_loader: Any, limit: int | None, best: Any
 ) -> dict[str, Any]:
     """The last stage: refit the pose experts on frozen features, calibrate them on the held-out
     bags, and keep the result only if it is no worse there (else the weights stay as they were)."""
     import copy
 
-    import torch
+    from structalign_ros.core.data.dataset import data_loader
+    from structalign_ros.core.learn.headfit import calibrate, expert_cues, fit_experts
 
-    from structalign_ros.core.dataset import collate_labelled
-    from structalign_ros.core.headfit import calibrate, expert_cues, fit_experts
-
-    tc = config.train
+    tc = trainer.config.train
     started = time.perf_counter()
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=tc.batch_size, collate_fn=collate_labelled)
+    loader = data_loader(train_ds, tc.batch_size, model.specs, drop_last=False)
     try:
         cues = expert_cues(model, loader)
     except ValueError:  # no labelled training windows: nothing to fit

@@ -1,4 +1,6 @@
-"""ROS-free core: numerics, windows, models, training, bag I/O and simulation.
+"""ROS-free core, in rooms along the data path: ``config``, ``data`` (messages -> windows -> batches),
+``ot``, ``learn`` (models, objectives, training), ``sim``, ``serve`` (the live pipeline, online
+fine-tuning) and ``eval``; see the README's layout table.
 
 Nothing under this package imports rclpy or ROS message packages; a test enforces it.
 """

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from structalign_ros.core.convert import DEPTH_ENCODINGS
-
 MODALITY_KINDS = ("image", "depth", "wrench", "imu", "tactile", "joints")
 # Kinds whose window entry is the one frame nearest the pivot rather than a resampled series.
 FRAME_KINDS = ("image", "depth")
 # Kinds whose values are 2-D grids (pixels, taxels): encoded, and compared in kernels, as images.
 GRID_KINDS = ("image", "depth", "tactile")
 RELIABILITIES = ("best_effort", "reliable")
+# Depth image encodings the converter reads (REP-118: 16-bit millimetres or float metres).
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 # Where the simulator publishes the true end-effector pose (``ground_truth_topic``'s default).
 GROUND_TRUTH_TOPIC = "/ground_truth/ee_pose"
 # Parameters rclpy declares itself; a parameter file may set them beside the tree.
@@ -292,7 +292,7 @@ BACKENDS = ("torch", "onnx")
 
 @dataclass
 class ModelConfig:
-    """Encoders, fusion and heads (:mod:`structalign_ros.core.models`).
+    """Encoders, fusion and heads (:mod:`structalign_ros.core.learn.models`).
 
     Args:
         embed_dim: the shared embedding size ``d`` every encoder projects to.
@@ -322,7 +322,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The training objective (:mod:`structalign_ros.core.objectives`) and its input kernels.
+    """The training objective (:mod:`structalign_ros.core.learn.objectives`) and its input kernels.
 
     Args:
         name: the method, one of ``OBJECTIVES``.
@@ -385,7 +385,7 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    """Offline and online training (:mod:`structalign_ros.core.train`).
+    """Offline and online training (:mod:`structalign_ros.core.learn.train`).
 
     Args:
         lr: AdamW learning rate.
@@ -401,7 +401,7 @@ class TrainConfig:
             pass it, to the predictor).
         guard_every: every ``guard_every``-th window the online trainer receives is held out from
             training: new weights are installed only if, on the latest held-out windows, they are no
-            worse than the weights in use (:mod:`structalign_ros.core.online`); 0 turns the guard
+            worse than the weights in use (:mod:`structalign_ros.core.serve.online`); 0 turns the guard
             off (every update installed).
         guard_windows: how many of the latest held-out windows the guard judges on.
         online_duty_cycle: share of the time the online trainer may compute: after a step of ``t``
@@ -416,7 +416,7 @@ class TrainConfig:
         validate_every: offline steps between validations on the held-out bags (the best model on
             validation is kept as ``best.pt``); 0: only at epoch ends.
         head_steps: steps of the last offline stage, the pose experts refitted on frozen features
-            (:mod:`core.headfit`); 0 skips it.
+            (:mod:`core.learn.headfit`); 0 skips it.
         head_lr: its learning rate.
         threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
             torch's default (one per core). Recorded in the checkpoint with the rest of the tree.
@@ -477,7 +477,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Inference (:mod:`structalign_ros.core.runtime`).
+    """Inference (:mod:`structalign_ros.core.serve.runtime`).
 
     Args:
         backend: ``onnx`` (ONNX Runtime, the default: one window of the default model takes 0.9 ms on
@@ -525,7 +525,7 @@ class NodeConfig:
             finished no step for this long (it only gets CPU time nothing else wants, so a saturated
             machine starves it).
         sensor_health: scale each modality's weight (published, fused, and in the pose) by its live
-            health (:mod:`structalign_ros.core.health`): a sensor that degrades loses its weight.
+            health (:mod:`structalign_ros.core.serve.health`): a sensor that degrades loses its weight.
         health_windows: recent windows the health signals are computed over.
         health_warmup: windows at the start taken as clean (the health references); the weights
             are the learned ones until then.

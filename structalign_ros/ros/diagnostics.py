@@ -4,11 +4,11 @@ Four statuses per node, named ``<node>: windows``, ``<node>: fine-tuning``, ``<n
 and ``<node>: runtime``, so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the
 node is active but no window came out during the last period, WARN when windows were masked or messages
 dropped during it, else OK. Bad inputs are counted by modality and a fixed vocabulary of reason codes
-(``bad.<modality>.<code>``, :data:`~structalign_ros.core.telemetry.CODES`), with the newest reason text
+(``bad.<modality>.<code>``, :data:`~core.serve.telemetry.CODES`), with the newest reason text
 in ``bad.latest``, so the status has the same keys however many distinct faults arrive. The fine-tuning
 status is WARN when the online trainer failed, or has had windows to train on but finished no step for
 ``node.stall_warn_s``. The sensor-health status is WARN, naming them, while modalities have a trust
-under :data:`DISTRUSTED` (:mod:`~structalign_ros.core.health`), with each modality's trust and the two
+under :data:`DISTRUSTED` (:mod:`~core.serve.health`), with each modality's trust and the two
 signals behind it. Each message says why.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from structalign_ros.core.health import DISTRUSTED
-from structalign_ros.core.telemetry import reason_code
+from structalign_ros.core.serve.health import DISTRUSTED
+from structalign_ros.core.serve.telemetry import reason_code
 from structalign_ros.ros.messages import time_msg
 
 LATEST_CHARS = 200  # the newest bad-input reason is cut to this
@@ -68,12 +68,12 @@ def diagnostic_array(
 
     Args:
         stamp_ns: the node's clock now (diagnostics describe the node, not one window).
-        report: :meth:`~structalign_ros.core.perception.PerceptionPipeline.report`.
+        report: :meth:`~core.serve.perception.PerceptionPipeline.report`.
         window_rate_hz: windows per second over the last period.
         new_problems: masks, drops and counted events since the previous report.
         active: whether the node is in the active lifecycle state.
         extra: more runtime values (device, backend, memory).
-        bad: bad-input counts per ``(source, code)`` (:meth:`~structalign_ros.core.telemetry.Events.by_code`);
+        bad: bad-input counts per ``(source, code)`` (:meth:`~core.serve.telemetry.Events.by_code`);
             None classifies ``report["events"]`` instead.
         latest_bad: the newest bad-input reason in full (one value, ``bad.latest``).
     """

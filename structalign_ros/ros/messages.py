@@ -1,6 +1,6 @@
 """rosbags messages -> rclpy messages, and stamps.
 
-The core builds every sensor message once, as a ``rosbags`` object (:mod:`structalign_ros.core.bags`:
+The core builds every sensor message once, as a ``rosbags`` object (:mod:`structalign_ros.core.data.bags`:
 what the recorder writes to bags). A live publisher (the simulated robot, the node benchmark) turns
 that object into the rclpy message of the same type with :func:`to_rclpy`: both implementations carry
 the same field names, so one recursive copy serves every type and what goes on the wire is exactly

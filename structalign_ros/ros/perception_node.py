@@ -1,4 +1,4 @@
-"""The perception node: a lifecycle node around :class:`~structalign_ros.core.perception.PerceptionPipeline`.
+"""The perception node: a lifecycle node around :class:`~core.serve.perception.PerceptionPipeline`.
 
 Lifecycle:
 
@@ -16,7 +16,7 @@ Threads: a sensor reader thread takes the sensor messages straight from their su
 (:mod:`structalign_ros.ros.ingest`: rclpy's executor is too slow for 1.7 k messages a second on two
 cores), converts them and cuts windows (cheap), then queues each finished window for the inference
 worker thread, which runs the model and publishes; the executor keeps services, parameters and
-timers; the online trainer runs in a child process of lower priority (:mod:`~structalign_ros.core.online`,
+timers; the online trainer runs in a child process of lower priority (:mod:`~core.serve.online`,
 so its Python-heavy steps never hold this process's interpreter lock) and hands new weights over by an
 atomic swap; checkpoints are written from a short-lived thread. So neither the model nor training ever delays
 reading a 1 kHz sensor.
@@ -66,13 +66,13 @@ from sensor_msgs.msg import Image, Imu, JointState
 from visualization_msgs.msg import MarkerArray
 
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.perception import MS, InferenceQueue, PerceptionPipeline, WindowOutput
-from structalign_ros.core.train import (
+from structalign_ros.core.learn.train import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     remove_partial_checkpoints,
 )
+from structalign_ros.core.serve.perception import MS, InferenceQueue, PerceptionPipeline, WindowOutput
 from structalign_ros.ros.diagnostics import diagnostic_array
 from structalign_ros.ros.ingest import PolledGroup, SensorReader
 from structalign_ros.ros.markers import delete_all, weight_markers

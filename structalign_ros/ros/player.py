@@ -1,7 +1,7 @@
 """Replay rosbag2 files onto ROS topics in real time (``structalign play``).
 
 For machines without ``ros2 bag play`` (rosbag2_py is not installable from PyPI): messages are read
-with ``rosbags`` (:mod:`structalign_ros.core.bags`), copied into rclpy messages
+with ``rosbags`` (:mod:`structalign_ros.core.data.bags`), copied into rclpy messages
 (:func:`~structalign_ros.ros.messages.to_rclpy`) and published when their recorded receive time is due,
 scaled by ``rate``. With ``clock`` the bag time is also published on ``/clock`` (for nodes running with
 ``use_sim_time``). Message stamps are published as recorded.
@@ -21,8 +21,8 @@ from pathlib import Path
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 
-from structalign_ros.core.bags import bag_info, iter_messages
 from structalign_ros.core.config import FaultConfig
+from structalign_ros.core.data.bags import bag_info, iter_messages
 from structalign_ros.core.sim.faults import FaultInjector, fault_message
 from structalign_ros.ros.messages import rclpy_class, time_msg, to_rclpy
 

@@ -9,7 +9,8 @@ import pytest
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from structalign_ros.core.bags import (
+from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.data.bags import (
     BagError,
     BagWriter,
     bag_info,
@@ -18,8 +19,7 @@ from structalign_ros.core.bags import (
     iter_samples,
     wrench_msg,
 )
-from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.convert import convert
+from structalign_ros.core.data.convert import convert
 from structalign_ros.core.sim.record import record_episode
 
 SECONDS = 0.5

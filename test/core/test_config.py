@@ -112,7 +112,7 @@ def test_an_old_parameter_file_merged_over_the_defaults_keeps_its_topic(tmp_path
 
 def test_the_shipped_checkpoint_is_stored_with_the_new_key_and_loads_without_a_warning():
     # its stored tree was migrated once (the both-keys case of a checkpoint is tested above)
-    from structalign_ros.core.train import load_checkpoint
+    from structalign_ros.core.learn.train import load_checkpoint
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "sim_default.pt"
     with warnings.catch_warnings():

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import image_msg, imu_msg, joint_state_msg, pose_msg, wrench_msg
-from structalign_ros.core.convert import (
+from structalign_ros.core.data.bags import image_msg, imu_msg, joint_state_msg, pose_msg, wrench_msg
+from structalign_ros.core.data.convert import (
     ConversionError,
     convert,
     image_pixels,

@@ -8,8 +8,8 @@ imports message classes: no ROS 2 context is started.
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import image_msg, joint_state_msg
-from structalign_ros.core.convert import ConversionError, convert
+from structalign_ros.core.data.bags import image_msg, joint_state_msg
+from structalign_ros.core.data.convert import ConversionError, convert
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 geometry_msgs = pytest.importorskip("geometry_msgs.msg")

@@ -1,9 +1,9 @@
 """``structalign sim`` and ``structalign bag-info`` end to end through the real CLI entry point."""
 
 from structalign_ros.cli import main
-from structalign_ros.core.bags import bag_info
 from structalign_ros.core.config import StructAlignConfig
 from structalign_ros.core.config_io import save_yaml
+from structalign_ros.core.data.bags import bag_info
 
 
 def test_sim_then_bag_info(tmp_path, capsys):

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.dataset import ReplayReport, WindowDataset, data_loader, iter_windows
+from structalign_ros.core.data.dataset import (
+    ReplayReport,
+    WindowDataset,
+    bag_layout,
+    data_loader,
+    iter_windows,
+)
 from structalign_ros.core.sim.record import record_episode
 
 
@@ -23,7 +29,7 @@ def test_replay_yields_complete_labelled_windows(bags):
     report = ReplayReport()
     items = list(iter_windows(paths[:1], cfg, report))
     assert report.samples["rgb"] == 30 and report.samples["wrench"] == 1000 and report.samples["pose"] == 100
-    assert report.windows == len(items) and report.windows + report.warmup_windows == 30
+    assert report.windows == len(items) == 30 and report.warmup_windows == 0  # every stream from t = 0
     # The first 0.1 s of windows lack a full span; everything after is complete.
     assert report.complete_windows >= len(items) - 4
     late = [(w, p) for w, p in items if w.stamp_ns > 0.15e9]
@@ -60,10 +66,13 @@ def test_shuffle_buffer_reorders_but_keeps_every_window(bags):
 
 def test_data_loader_with_workers_gives_batches(bags):
     cfg, paths = bags
-    loader = data_loader(WindowDataset(paths, cfg, shuffle_buffer=8), batch_size=8, workers=2)
+    layout = bag_layout(paths, cfg)
+    loader = data_loader(WindowDataset(paths, cfg, shuffle_buffer=8), 8, layout, workers=2)
     batches = list(loader)
     # Each worker replays one bag and drops its own last partial batch.
     assert len(batches) == sum(len(list(iter_windows([p], cfg))) // 8 for p in paths)
     b = batches[0]
     assert b.inputs["imu"].shape == (8, 16, 6) and b.mask.shape == (8, 6)
     assert b.pose is not None and b.pose.shape == (8, 7)
+    assert b.modalities == tuple(cfg.enabled_modalities) == tuple(layout)
+    assert layout["rgb"].shape == (1, 128, 128, 3) and layout["joints"].shape == (16, 3, 4)

@@ -7,10 +7,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from structalign_ros.core.config import ModelConfig, ObjectiveConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.objectives import build_objective
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import Trainer, seed_everything
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.objectives import build_objective
+from structalign_ros.core.learn.train import Trainer, seed_everything
 
 MODALITIES = ("rgb", "tactile", "wrench")
 

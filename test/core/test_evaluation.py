@@ -1,4 +1,4 @@
-"""core/evaluation.py: contact ground truth, pose errors, retrieval, probes and the composed report."""
+"""core/eval/evaluation.py: contact ground truth, pose errors, retrieval, probes and the composed report."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from structalign_ros.core.config import ModelConfig
-from structalign_ros.core.evaluation import (
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.evaluation import (
     CONTACT_FORCE_N,
     contact_labels,
     contact_probe,
@@ -16,9 +17,9 @@ from structalign_ros.core.evaluation import (
     pose_errors,
     retrieval,
 )
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.rotations import matrix_to_rotation_6d, quaternion_to_matrix
 
 
 def test_object_speed_of_a_constant_velocity_track():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import image_msg, joint_state_msg, wrench_msg
 from structalign_ros.core.config import ConfigError, FaultConfig, ShiftConfig, StructAlignConfig
-from structalign_ros.core.convert import convert
+from structalign_ros.core.data.bags import image_msg, joint_state_msg, wrench_msg
+from structalign_ros.core.data.convert import convert
 from structalign_ros.core.sim.faults import FaultInjector, fault_message
 
 MS = 1_000_000
@@ -231,7 +231,7 @@ def test_shift_is_relative_to_the_built_workcell_and_can_be_undone() -> None:
 
 
 def test_recording_with_a_configured_fault(tmp_path) -> None:
-    from structalign_ros.core.bags import iter_messages
+    from structalign_ros.core.data.bags import iter_messages
     from structalign_ros.core.sim.record import record_episode
 
     cfg = StructAlignConfig()

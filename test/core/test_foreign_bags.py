@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import (
+from structalign_ros.core.data.bags import (
     BagTopicError,
     BagWriter,
     iter_messages,
     iter_samples,
     wrench_msg,
 )
-from structalign_ros.core.dataset import WindowDataset, iter_windows, object_track
+from structalign_ros.core.data.dataset import WindowDataset, iter_windows, object_track
 
 
 def copy_bag(source: Path, out: Path, keep) -> Path:
@@ -39,7 +39,7 @@ def copy_bag(source: Path, out: Path, keep) -> Path:
 
 
 def _topics(path: Path) -> list[str]:
-    from structalign_ros.core.bags import bag_info
+    from structalign_ros.core.data.bags import bag_info
 
     return list(bag_info(path).topics)
 

@@ -1,4 +1,4 @@
-"""Live sensor health (core.health): the structural discrepancy against POT, and trust that falls for a
+"""Live sensor health (core.serve.health): the structural discrepancy against POT, and trust that falls for a
 degraded modality, stays at 1 for healthy ones, and comes back when the fault clears."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from structalign_ros.core.health import HEALTH_FLOOR, ModalityHealth, discrepancy, standardized
+from structalign_ros.core.serve.health import HEALTH_FLOOR, ModalityHealth, discrepancy, standardized
 
 MODS = ("a", "b", "c", "d")
 D = 8
@@ -144,9 +144,9 @@ def replay_faulted(bag, fault, sensor_health: bool, train=None):
     end. ``train``: fine-tuning on, with these ``train`` settings."""
     from structalign_ros.core.config import FaultConfig, StructAlignConfig
     from structalign_ros.core.config_io import from_dict, to_dict
-    from structalign_ros.core.perception import PerceptionPipeline, replay
+    from structalign_ros.core.learn.train import load_checkpoint
+    from structalign_ros.core.serve.perception import PerceptionPipeline, replay
     from structalign_ros.core.sim.faults import FaultInjector, fault_message
-    from structalign_ros.core.train import load_checkpoint
 
     data = to_dict(StructAlignConfig())
     data["node"].update(sensor_health=sensor_health)  # the default warm-up: the first 256 windows

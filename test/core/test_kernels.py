@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from structalign_ros.core.kernels import (
+from structalign_ros.core.learn.kernels import (
     TimeSeriesClusterKernel,
     cosine_kernel,
     frame_features,

@@ -3,11 +3,15 @@
 import pytest
 import torch
 
-from structalign_ros.core.batch import Batch, collate
 from structalign_ros.core.config import ModelConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel, masked_weights
-from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix, rotation_6d_to_matrix
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel, masked_weights
+from structalign_ros.core.learn.rotations import (
+    matrix_to_rotation_6d,
+    quaternion_to_matrix,
+    rotation_6d_to_matrix,
+)
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -80,32 +84,8 @@ def test_rotation_6d_round_trip_and_quaternions():
     )
 
 
-class _W:
-    def __init__(self, stamp, data, mask):
-        self.stamp_ns, self.data, self.mask = stamp, data, mask
-
-
-def test_collate_stacks_windows_into_the_batch_layout():
-    import numpy as np
-
-    wins = [
-        _W(
-            i,
-            {"imu": np.full((4, 6), i, np.float32), "depth": np.zeros((1, 5, 5), np.float32)},
-            {"imu": True, "depth": i == 0},
-        )
-        for i in range(3)
-    ]
-    batch = collate(wins)
-    assert batch.modalities == ("imu", "depth") and len(batch) == 3
-    assert batch.inputs["imu"].shape == (3, 4, 6) and batch.inputs["imu"][2, 0, 0] == 2
-    assert batch.mask.tolist() == [[True, True], [True, False], [True, False]]
-    with pytest.raises(ValueError, match="mask"):
-        Batch(batch.inputs, batch.mask.int(), batch.modalities)
-
-
 def test_a_masked_batch_zeroes_and_masks_only_what_it_drops():
-    from structalign_ros.core.synthetic import SyntheticWorld
+    from structalign_ros.core.eval.synthetic import SyntheticWorld
 
     world = SyntheticWorld(modalities=("rgb", "wrench", "joints"), image=16, steps=6)
     batch, _ = world.batch(4, seed=3)

@@ -5,10 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from structalign_ros.core.config import OBJECTIVES, ModelConfig, ObjectiveConfig, TrainConfig
-from structalign_ros.core.kernels import InputKernels, rbf_kernel
-from structalign_ros.core.metrics import linear_probe_accuracy, recall_at_k
-from structalign_ros.core.models import ModalitySpec, ModelOutput, MultimodalModel
-from structalign_ros.core.objectives import (
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.metrics import linear_probe_accuracy, recall_at_k
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.kernels import InputKernels, rbf_kernel
+from structalign_ros.core.learn.models import ModelOutput, MultimodalModel
+from structalign_ros.core.learn.objectives import (
     BUILDERS,
     GOTMA,
     GRAM,
@@ -21,10 +23,9 @@ from structalign_ros.core.objectives import (
     build_objective,
     pose_loss,
 )
-from structalign_ros.core.objectives.gram import masked_vectors
-from structalign_ros.core.objectives.symile import multilinear_inner_product
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import make_optimizer, seed_everything, train_step
+from structalign_ros.core.learn.objectives.gram import masked_vectors
+from structalign_ros.core.learn.objectives.symile import multilinear_inner_product
+from structalign_ros.core.learn.train import make_optimizer, seed_everything, train_step
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 BASE = [PairwiseInfoNCE(temperature=0.1), Symile(temperature=0.1), GRAM(temperature=0.1)]
@@ -109,7 +110,7 @@ def test_masked_entries_do_not_affect_the_loss(objective):
 
 
 def test_pose_loss_is_lowest_at_the_truth_and_ignores_missing_experts():
-    from structalign_ros.core.rotations import matrix_to_rotation_6d, quaternion_to_matrix
+    from structalign_ros.core.learn.rotations import matrix_to_rotation_6d, quaternion_to_matrix
 
     q = F.normalize(torch.randn(4, 4), dim=1)
     target = torch.cat([torch.randn(4, 3), q], 1)
@@ -166,7 +167,7 @@ def test_gradients_reach_every_encoder(world, objective):
     batch, _ = world.batch(16, seed=0, drop=0.2)
     model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
     out = model(batch.inputs, batch.mask)
-    from structalign_ros.core.train import supervised_pose_loss
+    from structalign_ros.core.learn.train import supervised_pose_loss
 
     loss = objective(out, batch, model.lambdas).loss + supervised_pose_loss(model.pose_head, out, batch)[0]
     loss.backward()
@@ -341,8 +342,8 @@ def test_gotma_geometry_terms_vanish_for_isometric_views_and_grow_otherwise():
 
 
 def test_geodesic_distances_follow_the_manifold_and_metrics_compare_views():
-    from structalign_ros.core.kernels import knn_geodesic_distances
-    from structalign_ros.core.metrics import gw_manifold_discrepancy, neighbourhood_preservation
+    from structalign_ros.core.eval.metrics import gw_manifold_discrepancy, neighbourhood_preservation
+    from structalign_ros.core.learn.kernels import knn_geodesic_distances
 
     t = torch.linspace(0, 3, 40)
     arc = torch.stack([torch.cos(t), torch.sin(t)], 1)

@@ -10,11 +10,12 @@ import torch
 from structalign_ros.cli import main
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
 from structalign_ros.core.config_io import save_yaml
-from structalign_ros.core.dataset import WindowDataset, iter_windows, split_episodes
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.objectives import PairwiseInfoNCE
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import Trainer, load_checkpoint, seed_everything
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.data.dataset import WindowDataset, iter_windows, split_episodes
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.learn.objectives import PairwiseInfoNCE
+from structalign_ros.core.learn.train import Trainer, load_checkpoint, seed_everything
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 

@@ -14,18 +14,20 @@ import pytest
 import torch
 
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.online import (
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.serve.online import (
     OnlineTrainer,
     Progress,
     ReplayBuffer,
     WeightUpdate,
     _Child,
+    _to_numpy,
     _Weights,
     no_worse,
 )
-from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.serve.runtime import Predictor
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -77,7 +79,7 @@ def served_by(state, model, probe):
 
 
 def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
-    buf = ReplayBuffer(10, world.modalities)
+    buf = ReplayBuffer(10, make_model(world).specs)
     for s in range(3):
         buf.add(world.batch(4, seed=s)[0])
     assert len(buf) == 10
@@ -88,7 +90,7 @@ def test_replay_buffer_keeps_the_newest_and_samples_batches(world):
 
 
 def test_replay_buffer_batches_cover_every_window_in_order(world):
-    buf = ReplayBuffer(100, world.modalities)
+    buf = ReplayBuffer(100, make_model(world).specs)
     batch, _ = world.batch(11, seed=5)
     buf.add(batch)
     parts = buf.batches(4)
@@ -127,15 +129,11 @@ def child_of(world):
         state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
         child = _Child(model.specs, model.cfg, state, 0, config(**train), outbox)
         for s in range(6):
-            child.take(as_item(world.batch(16, seed=700 + s)[0]))
+            child.take(_to_numpy(world.batch(16, seed=700 + s)[0]))
         return child, outbox
 
     yield build
     torch.set_num_threads(threads)
-
-
-def as_item(batch):
-    return {k: v.numpy() for k, v in batch.inputs.items()}, batch.mask.numpy(), batch.pose.numpy()
 
 
 def test_the_guard_holds_windows_out_and_rejects_worse_weights(world, child_of):
@@ -306,9 +304,10 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path):
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.models import ModalitySpec, MultimodalModel
-        from structalign_ros.core.online import OnlineTrainer
-        from structalign_ros.core.synthetic import SyntheticWorld
+        from structalign_ros.core.data.batch import ModalitySpec
+        from structalign_ros.core.learn.models import MultimodalModel
+        from structalign_ros.core.serve.online import OnlineTrainer
+        from structalign_ros.core.eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
         batch, _ = world.batch(16, seed=0)
@@ -415,9 +414,10 @@ def test_a_process_that_never_closes_its_trainer_still_exits():
         """
         import time
         from structalign_ros.core.config import ModelConfig, StructAlignConfig
-        from structalign_ros.core.models import ModalitySpec, MultimodalModel
-        from structalign_ros.core.online import OnlineTrainer
-        from structalign_ros.core.synthetic import SyntheticWorld
+        from structalign_ros.core.data.batch import ModalitySpec
+        from structalign_ros.core.learn.models import MultimodalModel
+        from structalign_ros.core.serve.online import OnlineTrainer
+        from structalign_ros.core.eval.synthetic import SyntheticWorld
 
         world = SyntheticWorld(modalities=("rgb", "wrench"), image=160, steps=12)
         one, _ = world.batch(1, seed=1)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structalign_ros.core.kernels import cosine_kernel
-from structalign_ros.core.models import ModelOutput
-from structalign_ros.core.objectives import OTM
+from structalign_ros.core.learn.kernels import cosine_kernel
+from structalign_ros.core.learn.models import ModelOutput
+from structalign_ros.core.learn.objectives import OTM
 from structalign_ros.core.ot import fgw_value
 
 
@@ -122,7 +122,7 @@ def test_unaligned_mode_on_paired_rows_finds_the_identity_and_matches_the_aligne
 
 def test_the_config_selects_the_unaligned_mode():
     from structalign_ros.core.config import ObjectiveConfig
-    from structalign_ros.core.objectives import build_objective
+    from structalign_ros.core.learn.objectives import build_objective
 
     kinds = {"a": "imu", "b": "wrench"}
     assert build_objective(ObjectiveConfig(name="otm"), kinds, 8).aligned

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from structalign_ros.core import perception
 from structalign_ros.core.config_io import from_dict, to_dict
-from structalign_ros.core.perception import ModelMismatch, PerceptionPipeline, check_model
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.learn.train import load_checkpoint
+from structalign_ros.core.serve import perception
+from structalign_ros.core.serve.perception import ModelMismatch, PerceptionPipeline, check_model
 
 
 def replay(pipeline, world, alter=None, truth=True):
@@ -129,9 +129,9 @@ def test_configured_modalities_must_fit_the_model(small_world):
 
 def test_camera_and_depth_frames_of_another_size_are_resized_to_the_model(pipeline, small_world):
     """Every frame doubled in size (each pixel a 2x2 block): resized back, the outputs are the same."""
-    from structalign_ros.core.bags import image_msg
-    from structalign_ros.core.convert import image_pixels, stamp_ns
-    from structalign_ros.core.train import load_checkpoint as load
+    from structalign_ros.core.data.bags import image_msg
+    from structalign_ros.core.data.convert import image_pixels, stamp_ns
+    from structalign_ros.core.learn.train import load_checkpoint as load
 
     def doubled(kind, msg):
         if kind in ("image", "depth"):
@@ -230,7 +230,7 @@ def test_fine_tuning_without_the_configured_ground_truth_warns_and_names_the_top
 
 
 def test_the_inference_queue_drops_windows_that_waited_too_long_and_counts_them():
-    from structalign_ros.core.telemetry import Events, Latencies
+    from structalign_ros.core.serve.telemetry import Events, Latencies
 
     now = [0]
     events, latency = Events(), Latencies()

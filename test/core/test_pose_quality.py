@@ -7,20 +7,24 @@ import math
 import pytest
 import torch
 
-from structalign_ros.core.baselines import fit_baselines, fit_ridge, pose_targets
-from structalign_ros.core.batch import Batch, concat
 from structalign_ros.core.config import ModelConfig
-from structalign_ros.core.evaluation import pose_errors
-from structalign_ros.core.headfit import calibrate, expert_cues, fit_experts, fit_linear_parts
-from structalign_ros.core.models import (
-    ModalitySpec,
+from structalign_ros.core.data.batch import Batch, ModalitySpec, concat
+from structalign_ros.core.eval.evaluation import pose_errors
+from structalign_ros.core.eval.quality import (
+    apply_condition,
+    conditions,
+    leave_one_episode_out,
+    quality_report,
+)
+from structalign_ros.core.learn.baselines import fit_baselines, fit_ridge, pose_targets
+from structalign_ros.core.learn.headfit import calibrate, expert_cues, fit_experts, fit_linear_parts
+from structalign_ros.core.learn.models import (
     MultimodalModel,
     kinematic_features,
     kinematic_size,
     masked_weights,
 )
-from structalign_ros.core.quality import apply_condition, conditions, leave_one_episode_out, quality_report
-from structalign_ros.core.rotations import matrix_to_quaternion
+from structalign_ros.core.learn.rotations import matrix_to_quaternion
 
 KINDS = {"rgb": "image", "imu": "imu", "joints": "joints"}
 LINKS = (0.4, 0.3, 0.2)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from structalign_ros.core.config import ModelConfig, RuntimeConfig
-from structalign_ros.core.export import export_onnx, input_names
-from structalign_ros.core.models import ModalitySpec, MultimodalModel
-from structalign_ros.core.runtime import Predictor, check_parity, resolve_providers
-from structalign_ros.core.synthetic import SyntheticWorld
+from structalign_ros.core.data.batch import ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import MultimodalModel
+from structalign_ros.core.serve.export import export_onnx, input_names
+from structalign_ros.core.serve.runtime import Predictor, check_parity, resolve_providers
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_onnx_predictor_reports_its_providers_and_swaps_weights(world, tmp_path,
     model = fitted_model(world)
     export_onnx(model, world.batch(2, seed=1)[0], tmp_path / "m.onnx")
     cfg = RuntimeConfig(backend="onnx", onnx_path=str(tmp_path / "m.onnx"), threads=1)
-    with caplog.at_level(logging.INFO, logger="structalign_ros.core.runtime"):
+    with caplog.at_level(logging.INFO, logger="structalign_ros.core.serve.runtime"):
         pred = Predictor.from_config(cfg, model)
     assert pred.backend == "onnx" and "CPUExecutionProvider" in pred.providers
     assert "CPUExecutionProvider" in caplog.text
@@ -97,7 +98,7 @@ def test_provider_resolution():
 def test_export_command_writes_a_checked_onnx_file(world, tmp_path, capsys):
     from structalign_ros.cli import main
     from structalign_ros.core.config import StructAlignConfig
-    from structalign_ros.core.train import save_checkpoint
+    from structalign_ros.core.learn.train import save_checkpoint
 
     model = fitted_model(world)
     cfg = StructAlignConfig()

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.export import example_batch
-from structalign_ros.core.runtime import check_parity
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.batch import Batch
+from structalign_ros.core.learn.train import load_checkpoint
+from structalign_ros.core.serve.export import example_batch
+from structalign_ros.core.serve.runtime import check_parity
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -8,7 +8,7 @@ import pytest
 
 from structalign_ros.core.config import SIM_ROBOTS, ConfigError, SimConfig, StructAlignConfig
 from structalign_ros.core.config_io import load_yaml
-from structalign_ros.core.dataset import iter_windows
+from structalign_ros.core.data.dataset import iter_windows
 from structalign_ros.core.sim.controller import SETTLE_S, WRIST_AMPLITUDES
 from structalign_ros.core.sim.record import record_episode
 from structalign_ros.core.sim.robot import SimRobot

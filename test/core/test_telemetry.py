@@ -4,9 +4,9 @@ a code of the fixed vocabulary."""
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import image_msg, joint_state_msg, wrench_msg
-from structalign_ros.core.convert import ConversionError, convert
-from structalign_ros.core.telemetry import CODES, NODE, OTHER, Events, reason_code
+from structalign_ros.core.data.bags import image_msg, joint_state_msg, wrench_msg
+from structalign_ros.core.data.convert import ConversionError, convert
+from structalign_ros.core.serve.telemetry import CODES, NODE, OTHER, Events, reason_code
 
 
 def _reason(kind, msg, joints=()):

@@ -5,15 +5,15 @@ import threading
 import pytest
 import torch
 
-from structalign_ros.core.batch import Batch
 from structalign_ros.core.config import ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.models import IncompatibleWeights, ModalitySpec, MultimodalModel
-from structalign_ros.core.objectives import PairwiseInfoNCE
-from structalign_ros.core.runtime import Predictor
-from structalign_ros.core.synthetic import SyntheticWorld
-from structalign_ros.core.train import (
+from structalign_ros.core.data.batch import Batch, ModalitySpec
+from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.models import IncompatibleWeights, MultimodalModel
+from structalign_ros.core.learn.objectives import PairwiseInfoNCE
+from structalign_ros.core.learn.train import (
     CheckpointError,
     Trainer,
+    TrainHooks,
     evaluate,
     load_checkpoint,
     make_optimizer,
@@ -21,6 +21,7 @@ from structalign_ros.core.train import (
     seed_everything,
     train_step,
 )
+from structalign_ros.core.serve.runtime import Predictor
 
 TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 
@@ -97,6 +98,56 @@ def test_trainer_counts_skips_and_checkpoints(world, tmp_path):
     assert (trainer.step, trainer.skipped) == (3, 1)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt.step == 3 and ckpt.config == cfg
+
+
+class _Events(TrainHooks):
+    def __init__(self):
+        self.events = []
+
+    def on_step(self, trainer, metrics):
+        self.events.append(("step", trainer.step, trainer.epoch))
+
+    def on_validate(self, trainer, metrics):
+        self.events.append(("val", trainer.step, trainer.epoch))
+
+    def on_epoch_end(self, trainer):
+        self.events.append(("epoch", trainer.step, trainer.epoch))
+
+    def on_end(self, trainer):
+        self.events.append(("end", trainer.step, trainer.epoch))
+
+
+def test_fit_passes_validation_checkpoints_and_hooks(world, tmp_path):
+    batches = [world.batch(16, seed=s)[0] for s in range(6)]
+    held_out = [world.batch(16, seed=99)[0]]
+    trainer = Trainer(make_model(world), PairwiseInfoNCE(), config(steps=5))
+    hooks = _Events()
+    val = trainer.fit(
+        iter(batches),
+        steps_per_epoch=2,
+        validation=lambda: held_out,
+        validate_every=3,
+        save_dir=tmp_path,
+        save_every=4,
+        hooks=[hooks],
+    )
+    steps = [(s, e) for kind, s, e in hooks.events if kind == "step"]
+    assert steps == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2)]  # the epoch counted at each pass end
+    assert [(k, s, e) for k, s, e in hooks.events if k != "step"] == [
+        ("val", 2, 1), ("epoch", 2, 1),
+        ("val", 3, 1),  # every 3 steps, within the pass
+        ("val", 4, 2), ("epoch", 4, 2),
+        ("val", 5, 3), ("epoch", 5, 3),  # the last step: the pass-end validation only
+        ("end", 5, 3),
+    ]  # fmt: skip
+    assert val == trainer.last_val and "loss" in val
+    assert load_checkpoint(tmp_path / "last.pt").step == 5 and (tmp_path / "resume.pt").exists()
+
+    resumed = Trainer(make_model(world), PairwiseInfoNCE(), config(steps=8))
+    assert resumed.resume(tmp_path) and (resumed.step, resumed.epoch) == (5, 3)
+    hooks = _Events()
+    resumed.fit(batches[:2], steps_per_epoch=2, hooks=[hooks])  # runs dry after 2 of 3 steps
+    assert [e for e in hooks.events if e[0] != "step"] == [("epoch", 6, 4), ("epoch", 7, 4), ("end", 7, 4)]
 
 
 def test_checkpoint_round_trip(world, tmp_path):

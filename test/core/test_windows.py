@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from structalign_ros.core.config import ConfigError, StructAlignConfig, WindowConfig
-from structalign_ros.core.windows import WindowAssembler
+from structalign_ros.core.data.windows import WindowAssembler
 
 NS = 1_000_000_000
 SERIES = ("wrench", "imu", "tactile", "joints")

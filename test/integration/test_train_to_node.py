@@ -11,9 +11,9 @@ import sys
 import numpy as np
 
 from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
-from structalign_ros.core.perception import PerceptionPipeline, replay
+from structalign_ros.core.learn.train import load_checkpoint
+from structalign_ros.core.serve.perception import PerceptionPipeline, replay
 from structalign_ros.core.sim.record import record_episode
-from structalign_ros.core.train import load_checkpoint
 
 
 def test_a_model_trained_from_bags_runs_live_on_onnx_runtime(small_world, tmp_path):

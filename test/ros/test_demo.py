@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
-from structalign_ros.core.train import load_checkpoint, save_checkpoint
+from structalign_ros.core.learn.train import load_checkpoint, save_checkpoint
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
-from structalign_ros.core.telemetry import CODES
+from structalign_ros.core.serve.telemetry import CODES
 
 WAVE = 1000  # messages per topic and wave (4 topics: 4000 distinct reasons a wave)
 EVENT_TIMEOUT_S = 180.0  # upper bound on waiting for an event, never a pass/fail threshold

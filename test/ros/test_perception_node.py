@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from structalign_ros.core.bags import iter_messages
 from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.bags import iter_messages
+from structalign_ros.core.learn.train import load_checkpoint
 
 PREFIX = "/structalign_perception"
 START_TIMEOUT_S = 60.0
@@ -204,7 +204,7 @@ class Publisher:
     ) -> None:
         from rclpy.node import Node
 
-        from structalign_ros.core.bags import bag_info
+        from structalign_ros.core.data.bags import bag_info
         from structalign_ros.ros.messages import rclpy_class, to_rclpy
 
         self._to_rclpy = to_rclpy
@@ -590,7 +590,7 @@ def test_use_sim_time_follows_the_played_clock(small_world, recorded, ros_env, t
 def test_a_failed_or_stalled_trainer_makes_the_fine_tuning_status_warn(small_world):
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    from structalign_ros.core.perception import PerceptionPipeline
+    from structalign_ros.core.serve.perception import PerceptionPipeline
     from structalign_ros.ros.diagnostics import diagnostic_array
 
     report = PerceptionPipeline(small_world.config, load_checkpoint(small_world.checkpoint)).report()

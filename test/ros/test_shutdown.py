@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from structalign_ros.core.bags import bag_info, iter_messages
 from structalign_ros.core.config_io import from_dict, save_yaml, to_dict
-from structalign_ros.core.train import load_checkpoint
+from structalign_ros.core.data.bags import bag_info, iter_messages
+from structalign_ros.core.learn.train import load_checkpoint
 
 PREFIX = "/structalign_perception"
 # Upper bounds on waiting for an event, never a pass/fail threshold: each wait ends as soon as its

@@ -6,7 +6,7 @@ order; readings of other kinds pass unchanged. Pure numpy, no ROS: the simulator
 each reading before publishing, ``structalign play`` on each message of the faulted topic
 (:func:`fault_message`), ``structalign sim`` while recording.
 
-The faults (``kind``), on a value of the layout the simulator and :mod:`~structalign_ros.core.convert`
+The faults (``kind``), on a value of the layout the simulator and :mod:`~core.data.convert`
 use (``image`` ``(H, W, 3)`` uint8, ``depth`` ``(H, W)`` metres, ``wrench`` ``(6,)``, ``imu`` ``(6,)``
 or ``(10,)`` with the orientation last, ``tactile`` ``(rows, cols)``, ``joints`` ``(3, J)``):
 
@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.bags import image_msg, imu_msg, joint_state_msg, wrench_msg
 from structalign_ros.core.config import (
     FAULT_KINDS,
     FRAME_KINDS,
@@ -47,7 +46,8 @@ from structalign_ros.core.config import (
     MODALITY_KINDS,
     FaultConfig,
 )
-from structalign_ros.core.convert import DEPTH_MM_PER_M, convert
+from structalign_ros.core.data.bags import image_msg, imu_msg, joint_state_msg, wrench_msg
+from structalign_ros.core.data.convert import DEPTH_MM_PER_M, convert
 
 MIN_STATS = 10  # readings before the running std replaces the per-value fallback
 IMU_SIGNAL = 6  # accelerometer and gyro; the orientation after them is left alone
@@ -197,7 +197,7 @@ class FaultInjector:
 def fault_message(kind: str, msg: Any, injector: FaultInjector) -> Any:
     """``msg`` (a ``rosbags`` message of sensor kind ``kind``) as the faulted sensor would send it.
 
-    The message is converted (:func:`~structalign_ros.core.convert.convert`), faulted and rebuilt
+    The message is converted (:func:`~core.data.convert.convert`), faulted and rebuilt
     with its header (stamp, frame id): colour images as ``rgb8``, depth in its own encoding (mm for
     ``16UC1``/``mono16``, metres otherwise), tactile as ``32FC1``, an IMU with its own orientation, a
     joint state with all of its joints. A message the injector leaves alone is returned as it is.

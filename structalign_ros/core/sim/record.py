@@ -16,9 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from structalign_ros.core.bags import BagWriter, image_msg, imu_msg, joint_state_msg, pose_msg, wrench_msg
 from structalign_ros.core.config import StructAlignConfig
-from structalign_ros.core.convert import DEPTH_MM_PER_M
+from structalign_ros.core.data.bags import (
+    BagWriter,
+    image_msg,
+    imu_msg,
+    joint_state_msg,
+    pose_msg,
+    wrench_msg,
+)
+from structalign_ros.core.data.convert import DEPTH_MM_PER_M
 from structalign_ros.core.sim.faults import FaultInjector
 from structalign_ros.core.sim.robot import Reading, SimRobot
 from structalign_ros.core.sim.scene import ARMS

@@ -1,0 +1,1 @@
+"""The data path: sensor messages -> windows -> bags -> datasets -> batches."""

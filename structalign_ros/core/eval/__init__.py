@@ -1,0 +1,1 @@
+"""Measuring models: evaluation metrics, synthetic data and the quality benchmark against baselines."""

@@ -1,0 +1,1 @@
+"""What is learned: the model, its input kernels, the objectives and the training loop."""
