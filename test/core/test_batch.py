@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from structalign_ros.cli import main
+from structalign_ros.core.config_io import from_dict, to_dict
 from structalign_ros.core.data.bags import BagWriter, bag_info, iter_messages
 from structalign_ros.core.data.batch import Batch, ModalitySpec, to_batch
 from structalign_ros.core.data.convert import stamp_ns
@@ -102,13 +103,13 @@ def foreign_bag(small_world, tmp_path_factory):
     """An episode of the small world's robot at a camera resolution other than its checkpoint's (48 x 40
     against 32 x 32), whose F/T stream starts :data:`LATE_S` after the others (a sensor that comes up
     late: the first windows are warm-up windows)."""
-    from conftest import small_config
-
     from structalign_ros.core.sim.record import record_episode
 
     root = tmp_path_factory.mktemp("foreign_resolution")
     recorded = root / "recorded"
-    record_episode(recorded, small_config(sim={"width": 48, "height": 40}), seed=5, seconds=3.0)
+    data = to_dict(small_world.config)  # the small world's robot and rates, another camera size
+    data["sim"].update(width=48, height=40)
+    record_episode(recorded, from_dict(data), seed=5, seconds=3.0)
     wrench = small_world.config.modalities["wrench"].topic
     start = None
     out = root / "episode"
