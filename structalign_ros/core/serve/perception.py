@@ -540,7 +540,7 @@ def replay(
     """Feed ``bags`` message by message in bag order, as the live node would receive them, and return
     every output. ``pose_topic``: ground-truth poses fed with :meth:`~PerceptionPipeline.on_ground_truth`
     (their errors then in ``pose_error``); ``alter(kind, msg)``: what to feed instead of each sensor
-    message, e.g. :func:`~.sim.faults.fault_message` for the messages a faulty sensor would send, or
+    message, e.g. :func:`~core.sim.faults.fault_message` for the messages a faulty sensor would send, or
     None for a message the sensor never sent.
     """
     topics = {m.topic: n for n, m in pipeline.config.modalities.items() if m.enabled}
