@@ -517,7 +517,7 @@ def _fit_head(
     import copy
 
     from structalign_ros.core.data.dataset import data_loader
-    from structalign_ros.core.learn.headfit import calibrate, expert_cues, fit_experts
+    from structalign_ros.core.learn.headfit import GATED, calibrate, expert_cues, fit_experts, held_out_r2
 
     tc = trainer.config.train
     started = time.perf_counter()
@@ -531,12 +531,17 @@ def _fit_head(
     out: dict[str, Any] = {"head_fit": "kept"}
     if best is not None:
         try:
-            calibrate(model, expert_cues(model, itertools.islice(val_loader, limit), noise=False))
+            held_out = expert_cues(model, itertools.islice(val_loader, limit), noise=False)
+            cal = calibrate(model, held_out, tc.expert_min_r2)
+            r2 = dict(zip(model.modalities, held_out_r2(model, held_out).tolist(), strict=True))
+            out["expert_r2"] = {n: round(r, 4) if r == r else None for n, r in r2.items()}  # NaN: too few
+            out["experts_gated"] = [n for n, c in zip(model.modalities, cal[:, 0], strict=True) if c >= GATED]
         except ValueError:
             out["head_fit"] = "kept, uncalibrated (no labelled held-out windows)"
         val = trainer.validate(itertools.islice(val_loader, limit))
         if not BestOnValidation.score(val)[1] <= best.value:
             model.load_state_dict(before)
+            out.pop("experts_gated", None)
             out["head_fit"] = f"rejected ({_describe(val)} against {best.value:.4g})"
             val = best.metrics
         out["val"] = val

@@ -30,6 +30,7 @@ def test_learning_sections_round_trip(tmp_path):
         ({"train": {"batch_size": 1}}, "batch_size=1"),
         ({"train": {"min_replay": 10, "replay_capacity": 5}}, "min_replay"),
         ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+        ({"train": {"expert_min_r2": 1.0}}, "expert_min_r2=1.0 must be < 1"),
         ({"node": {"diagnostics_period_s": 0}}, "node: diagnostics_period_s=0"),
         (
             {

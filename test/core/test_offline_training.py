@@ -13,6 +13,7 @@ from structalign_ros.core.config_io import save_yaml
 from structalign_ros.core.data.batch import ModalitySpec
 from structalign_ros.core.data.dataset import WindowDataset, iter_windows, split_episodes
 from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.learn.headfit import GATED
 from structalign_ros.core.learn.models import MultimodalModel
 from structalign_ros.core.learn.objectives import PairwiseInfoNCE
 from structalign_ros.core.learn.train import Trainer, load_checkpoint, seed_everything
@@ -103,6 +104,12 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "pose_pos_mm" and 1 <= best["step"] <= 3
     assert summary["head_fit"].startswith(("kept", "rejected")) and summary["best_step"] == best["step"]
+    # the refit reports every expert's held-out R^2; a gated expert's calibration is GATED in model.pt
+    delivered = load_checkpoint(run / "model.pt").build_model()
+    assert set(summary["expert_r2"]) == set(delivered.modalities)
+    cal = dict(zip(delivered.modalities, delivered.pose_head.calibration[:, 0].tolist(), strict=True))
+    gated = {m for m, c in cal.items() if c >= GATED}
+    assert gated == set(summary.get("experts_gated", gated))
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     assert main([*args, "--steps", "5", "--resume"]) == 0

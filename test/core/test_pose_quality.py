@@ -17,7 +17,14 @@ from structalign_ros.core.eval.quality import (
     quality_report,
 )
 from structalign_ros.core.learn.baselines import fit_baselines, fit_ridge, pose_targets
-from structalign_ros.core.learn.headfit import calibrate, expert_cues, fit_experts, fit_linear_parts
+from structalign_ros.core.learn.headfit import (
+    GATED,
+    calibrate,
+    expert_cues,
+    fit_experts,
+    fit_linear_parts,
+    held_out_r2,
+)
 from structalign_ros.core.learn.models import (
     MultimodalModel,
     kinematic_features,
@@ -176,6 +183,34 @@ def test_refit_learns_the_pose_and_calibration_discounts_the_overconfident():
     cal = calibrate(model, expert_cues(model, [held_out], noise=False))
     assert cal[0, 0] > 100 * cal[2, 0] and cal[0, 1] > 100 * cal[2, 1]
     assert error() < min(1.5 * joints_alone, 0.25 * uncalibrated)
+
+
+def test_experts_that_explain_little_of_the_held_out_pose_are_gated_but_stay_the_last_resort():
+    train, held_out = planar_arm(800, 0), planar_arm(300, 1)
+    model = tiny_model(train)
+    fit_experts(model, expert_cues(model, [train]), steps=600, lr=3e-3, noise=0.0)
+    cues = expert_cues(model, [held_out], noise=False)
+    r2 = held_out_r2(model, cues)
+    # the camera and IMU see noise: on unseen windows they explain nothing; the joints nearly all
+    assert r2[2] > 0.9 and r2[0] < 0.5 and r2[1] < 0.5
+    ungated = calibrate(model, cues).clone()
+    assert (ungated < GATED).all()
+    cal = calibrate(model, cues, min_r2=0.5)
+    assert torch.equal(cal[:2], torch.full((2, 2), GATED)) and torch.equal(cal[2], ungated[2])
+    # the best expert is never gated, even when none reaches the bar
+    cal = calibrate(model, cues, min_r2=0.999)
+    assert torch.equal(cal[2], ungated[2]) and (cal[:2] == GATED).all()
+    # a gated expert still gives the pose when it is the only one present (its exact mean)
+    only_imu = torch.zeros_like(held_out.mask)
+    only_imu[:, 1] = True
+    with torch.no_grad():
+        out = model(held_out.inputs, only_imu)
+    head = model.pose_head
+    own = out.pose_experts[:, 1, :3] * head.position.scale + head.position.loc
+    assert torch.allclose(out.pose[:, :3], own, atol=1e-5)
+    # too few held-out windows: NaN, and nothing is gated on it
+    few = expert_cues(model, [held_out.select(torch.arange(5))], noise=False)
+    assert held_out_r2(model, few).isnan().all()
 
 
 def test_calibration_needs_enough_held_out_windows():

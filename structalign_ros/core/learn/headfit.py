@@ -7,7 +7,9 @@ inputs are computed once (:func:`expert_cues`, clean and with each modality nois
 and the experts train for thousands of cheap steps on them (:func:`fit_experts`). Last,
 :func:`calibrate` sets each expert's :attr:`models.PoseHead.calibration` from held-out windows: an
 expert that fits the training episodes better than it generalises reports too small a variance, and
-the fusion would trust it too much.
+the fusion would trust it too much. An expert that explains too little of the held-out pose at all
+(:func:`held_out_r2`) is gated out of the fusion: its confidence on windows of unseen episodes is not
+to be trusted either.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from structalign_ros.core.learn.rotations import (
 # Medians of chi-square variables with 1 and 6 degrees of freedom: a calibrated expert's normalised
 # squared position residual per axis, and its rotation's chordal residual over 6 components.
 _CHI2_MEDIAN_1, _CHI2_MEDIAN_6 = 0.4549, 5.3481
+# The calibration of a gated expert (the clamp's upper end): its precision divided by 10^6, so it only
+# decides the pose when no other expert is present.
+GATED = 1e6
 
 
 @dataclass
@@ -167,13 +172,40 @@ def fit_experts(
 
 
 @torch.no_grad()
-def calibrate(model: MultimodalModel, cues: Cues) -> Tensor:
+def held_out_r2(model: MultimodalModel, cues: Cues) -> Tensor:
+    """``(M,)`` each expert's coefficient of determination for the position on ``cues``: one minus its
+    squared error over the squared spread of the targets around their own mean (both in the head's
+    standardised units, over the windows where the modality is present). NaN for an expert with
+    fewer than 8 such windows."""
+    head = model.pose_head
+    device = next(model.parameters()).device
+    experts = head.predict_experts([c.to(device) for c in cues.clean]).cpu()
+    y = (cues.pose[:, :3] - head.position.loc.cpu()) / head.position.scale.cpu()
+    r2 = torch.full((experts.shape[1],), float("nan"))
+    for m in range(experts.shape[1]):
+        present = cues.mask[:, m]
+        if present.sum() >= 8:
+            target = y[present]
+            sse = ((experts[present, m, :3] - target) ** 2).sum()
+            sst = ((target - target.mean(0)) ** 2).sum().clamp_min(1e-12)
+            r2[m] = 1 - sse / sst
+    return r2
+
+
+@torch.no_grad()
+def calibrate(model: MultimodalModel, cues: Cues, min_r2: float = float("-inf")) -> Tensor:
     """Set :attr:`PoseHead.calibration` from held-out ``cues``; returns it ``(M, 2)``.
 
     Per expert, the median over windows of its squared residual divided by its predicted variance,
     over the median a calibrated expert would show (chi-square), for position and rotation. Medians:
     a few wild windows must not decide how much a sensor is trusted. Experts with fewer than 8
     held-out windows keep their value.
+
+    An expert whose :func:`held_out_r2` is below ``min_r2`` gets :data:`GATED` for both (the one with
+    the highest R^2 never does): a median calibration cannot see that an expert which barely beats the
+    mean on held-out episodes still claims a small variance on some windows of the next one, and in
+    a precision-weighted mean those windows pull the pose wherever the expert says. It stays in the
+    fusion as the last resort, when every passing expert is missing.
     """
     head = model.pose_head
     device = next(model.parameters()).device
@@ -189,5 +221,12 @@ def calibrate(model: MultimodalModel, cues: Cues) -> Tensor:
         if present.sum() >= 8:
             cal[m, 0] = z_pos[present, m].median() / _CHI2_MEDIAN_1
             cal[m, 1] = z_rot[present, m].median() / _CHI2_MEDIAN_6
-    head.calibration.copy_(cal.clamp(1e-3, 1e6).to(head.calibration.device))
+    cal = cal.clamp(1e-3, GATED)
+    r2 = held_out_r2(model, cues)
+    if r2.isfinite().any():
+        best = int(torch.where(r2.isnan(), float("-inf"), r2).argmax())
+        for m in range(cal.shape[0]):
+            if m != best and bool(r2[m] < min_r2):  # NaN (too few windows) compares False: kept
+                cal[m] = GATED
+    head.calibration.copy_(cal.to(head.calibration.device))
     return head.calibration.cpu()
