@@ -499,6 +499,7 @@ class PerceptionPipeline:
             "windows_dropped": self.windows - self.outputs,
             "pending": pending,
             "resets": resets,
+            "modalities": list(self.modalities),
             "masked": masked,
             "dropped": dropped,
             "events": self.events.snapshot(),
