@@ -544,8 +544,11 @@ def _fit_head(
             held_out = expert_cues(model, itertools.islice(val_loader, limit), noise=False)
             cal = calibrate(model, held_out, tc.expert_min_r2)
             r2 = dict(zip(model.modalities, held_out_r2(model, held_out).tolist(), strict=True))
-            out["expert_r2"] = {n: round(r, 4) if r == r else None for n, r in r2.items()}  # NaN: too few
-            out["experts_gated"] = [n for n, c in zip(model.modalities, cal[:, 0], strict=True) if c >= GATED]
+            # [position, rotation] per expert; None (NaN) with too few held-out windows
+            out["expert_r2"] = {n: [round(v, 4) if v == v else None for v in r] for n, r in r2.items()}
+            gated = dict(zip(model.modalities, (cal >= GATED).tolist(), strict=True))
+            out["experts_gated"] = {"position": [n for n, g in gated.items() if g[0]]}
+            out["experts_gated"]["rotation"] = [n for n, g in gated.items() if g[1]]
         except ValueError:
             out["head_fit"] = "kept, uncalibrated (no labelled held-out windows)"
         val = trainer.validate(itertools.islice(val_loader, limit))

@@ -418,12 +418,13 @@ class TrainConfig:
         head_steps: steps of the last offline stage, the pose experts refitted on frozen features
             (:mod:`core.learn.headfit`); 0 skips it.
         head_lr: its learning rate.
-        expert_min_r2: after the refit, a pose expert whose position explains less than this share of
-            the held-out episodes' pose variance (R^2 around their own mean) is gated out of the fusion:
-            its calibration is set to :data:`core.learn.headfit.GATED`, so it only counts when no
-            passing expert is present (the best expert always passes). Measured on arm4: the wrench,
-            IMU and tactile experts (held-out R^2 -0.2 to 0.4, against >= 0.97 for camera, depth and
-            joints) sometimes claim precision on windows of unseen episodes and pulled the
+        expert_min_r2: after the refit, a pose expert whose position (rotation) explains less than
+            this share of the held-out episodes' variance (R^2 around their own mean) is gated out of
+            the fusion for its position (rotation): its calibration is set to
+            :data:`core.learn.headfit.GATED`, so it only counts when no passing expert is present (the
+            best expert always passes). Measured on arm4: the wrench, IMU and tactile experts
+            (held-out position R^2 -0.5 to 0.3, against >= 0.96 for camera, depth and joints)
+            sometimes claim precision on windows of unseen episodes and pulled the
             joints-masked pose from 8 to 22 mm. ``-.inf`` keeps every expert.
         threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
             torch's default (one per core). Recorded in the checkpoint with the rest of the tree.

@@ -111,9 +111,10 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     # the refit reports every expert's held-out R^2; a gated expert's calibration is GATED in model.pt
     delivered = load_checkpoint(run / "model.pt").build_model()
     assert set(summary["expert_r2"]) == set(delivered.modalities)
-    cal = dict(zip(delivered.modalities, delivered.pose_head.calibration[:, 0].tolist(), strict=True))
-    gated = {m for m, c in cal.items() if c >= GATED}
-    assert gated == set(summary.get("experts_gated", gated))
+    for k, part in enumerate(("position", "rotation")):
+        cal = dict(zip(delivered.modalities, delivered.pose_head.calibration[:, k].tolist(), strict=True))
+        gated = {m for m, c in cal.items() if c >= GATED}
+        assert gated == set(summary.get("experts_gated", {part: gated})[part])
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     assert main([*args, "--steps", "5", "--resume"]) == 0

@@ -173,22 +173,25 @@ def fit_experts(
 
 @torch.no_grad()
 def held_out_r2(model: MultimodalModel, cues: Cues) -> Tensor:
-    """``(M,)`` each expert's coefficient of determination for the position on ``cues``: one minus its
-    squared error over the squared spread of the targets around their own mean (both in the head's
-    standardised units, over the windows where the modality is present). NaN for an expert with
-    fewer than 8 such windows."""
+    """``(M, 2)`` each expert's coefficient of determination on ``cues``, for the position and for the
+    rotation: one minus its squared error over the squared spread of the targets around their own
+    mean, over the windows where the modality is present. Position in the head's standardised units;
+    rotation as the first two columns of the matrix (the expert's orthonormalised), against their
+    plain mean. NaN for an expert with fewer than 8 such windows."""
     head = model.pose_head
     device = next(model.parameters()).device
     experts = head.predict_experts([c.to(device) for c in cues.clean]).cpu()
     y = (cues.pose[:, :3] - head.position.loc.cpu()) / head.position.scale.cpu()
-    r2 = torch.full((experts.shape[1],), float("nan"))
+    cols = quaternion_to_matrix(cues.pose[:, 3:])[..., :2].flatten(1)  # (N, 6)
+    r2 = torch.full((experts.shape[1], 2), float("nan"))
     for m in range(experts.shape[1]):
         present = cues.mask[:, m]
-        if present.sum() >= 8:
-            target = y[present]
-            sse = ((experts[present, m, :3] - target) ** 2).sum()
-            sst = ((target - target.mean(0)) ** 2).sum().clamp_min(1e-12)
-            r2[m] = 1 - sse / sst
+        if present.sum() < 8:
+            continue
+        own = rotation_6d_to_matrix(experts[present, m, 6:12])[..., :2].flatten(1)
+        for k, (pred, target) in enumerate(((experts[present, m, :3], y[present]), (own, cols[present]))):
+            sse = ((pred - target) ** 2).sum()
+            r2[m, k] = 1 - sse / ((target - target.mean(0)) ** 2).sum().clamp_min(1e-12)
     return r2
 
 
@@ -201,10 +204,12 @@ def calibrate(model: MultimodalModel, cues: Cues, min_r2: float = float("-inf"))
     a few wild windows must not decide how much a sensor is trusted. Experts with fewer than 8
     held-out windows keep their value.
 
-    An expert whose :func:`held_out_r2` is below ``min_r2`` gets :data:`GATED` for both (the one with
-    the highest R^2 never does): a median calibration cannot see that an expert which barely beats the
-    mean on held-out episodes still claims a small variance on some windows of the next one, and in
-    a precision-weighted mean those windows pull the pose wherever the expert says. It stays in the
+    An expert whose position (rotation) :func:`held_out_r2` is below ``min_r2`` gets :data:`GATED` for
+    its position (rotation); the expert with the highest R^2 never does. A median calibration cannot
+    see that an expert which barely beats the mean on held-out episodes still claims a small variance
+    on some windows of the next one, and in a precision-weighted mean those windows pull the pose
+    wherever the expert says. Position and rotation are judged apart: on arm6 the camera's rotation
+    is poor (R^2 below the wrench's and IMU's) while its position is good. A gated part stays in the
     fusion as the last resort, when every passing expert is missing.
     """
     head = model.pose_head
@@ -223,10 +228,11 @@ def calibrate(model: MultimodalModel, cues: Cues, min_r2: float = float("-inf"))
             cal[m, 1] = z_rot[present, m].median() / _CHI2_MEDIAN_6
     cal = cal.clamp(1e-3, GATED)
     r2 = held_out_r2(model, cues)
-    if r2.isfinite().any():
-        best = int(torch.where(r2.isnan(), float("-inf"), r2).argmax())
-        for m in range(cal.shape[0]):
-            if m != best and bool(r2[m] < min_r2):  # NaN (too few windows) compares False: kept
-                cal[m] = GATED
+    for k in range(2):  # position, rotation
+        if r2[:, k].isfinite().any():
+            best = int(torch.where(r2[:, k].isnan(), float("-inf"), r2[:, k]).argmax())
+            for m in range(cal.shape[0]):
+                if m != best and bool(r2[m, k] < min_r2):  # NaN (too few windows) compares False: kept
+                    cal[m, k] = GATED
     head.calibration.copy_(cal.to(head.calibration.device))
     return head.calibration.cpu()
