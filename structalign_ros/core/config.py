@@ -423,7 +423,7 @@ class TrainConfig:
             the fusion for its position (rotation): its calibration is set to
             :data:`core.learn.headfit.GATED`, so it only counts when no passing expert is present (the
             best expert always passes). Measured on arm4: the wrench, IMU and tactile experts
-            (held-out position R^2 -0.5 to 0.3, against >= 0.96 for camera, depth and joints)
+            (held-out position R^2 -0.5 to 0.34, against >= 0.96 for camera, depth and joints)
             sometimes claim precision on windows of unseen episodes and pulled the
             joints-masked pose from 8 to 22 mm. ``-.inf`` keeps every expert.
         threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
