@@ -212,7 +212,21 @@ def shift_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[st
         began = time.monotonic()
         live.wait(args.warmup)
         start = live.set_sim(**{f"shift__{field}": float(value)})
-        live.wait(args.shift_s)
+        trace = []  # once a simulated second: the guard's counters and verdict, the sensor-health trust
+        while live.now_s() < start + args.shift_s:
+            live.wait(1.0)
+            report = live.node.pipeline.report()
+            trust = report["health"].get("trust", {})
+            trace.append(
+                {
+                    "t": round(live.now_s() - start, 1),
+                    "version": live.node.pipeline.model_version,
+                    "accepted": report["finetune"]["accepted"],
+                    "rejected": report["finetune"]["rejected"],
+                    "verdict": report["finetune"]["verdict"],
+                    "trust": {k: round(float(v), 3) for k, v in trust.items()},
+                }
+            )
         end = live.now_s()
         wall_s = time.monotonic() - began
         errors = live.monitor.errors()
@@ -233,6 +247,7 @@ def shift_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[st
         "verdict": tuning["verdict"],
         "dropped": report["windows_dropped"],
         "curve_mm": [None if c is None else round(c, 2) for c in curve],  # 30 s bins from the shift
+        "trace": trace,
     }
 
 
@@ -273,6 +288,7 @@ def main() -> None:
         "--shift", default="tool_offset_m=0.02", help="FIELD=VALUE of sim.shift (default: another tool)"
     )
     parser.add_argument("--shift-s", type=float, default=300.0, help="the target is for 5 minutes")
+    parser.add_argument("--shift-on-only", action="store_true", help="the shift with fine-tuning on alone")
     parser.add_argument("--minutes", type=float, default=1.0, help="soak length per arm")
     parser.add_argument(
         "--out", default=None, help="folder for the simulator logs (default: a temporary one)"
@@ -286,7 +302,13 @@ def main() -> None:
         say(f"(a) faults, {args.fault_s:g} s each after {args.warmup:g} s clean, fine-tuning off")
         out["faults"] = faults_part(args, folder, say)
     if "shift" in parts:
+        if args.shift_on_only:  # a look at the adaptation alone (no recovered share without the off arm)
+            on = shift_run(args, folder, True)
+            (folder / "shift_trace.json").write_text(json.dumps({"on": on["trace"]}))
+            print(json.dumps({k: v for k, v in on.items() if k != "trace"}))
+            return
         on, off = shift_run(args, folder, True), shift_run(args, folder, False)
+        (folder / "shift_trace.json").write_text(json.dumps({"on": on["trace"], "off": off["trace"]}))
         clean, on_mm, off_mm = off["clean_mm"], on["shifted_mm"], off["shifted_mm"]
         share = None
         if None not in (clean, on_mm, off_mm) and off_mm > clean:

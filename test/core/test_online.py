@@ -60,6 +60,7 @@ def config(backend="torch", **train):
         "online_idle_priority": False,
         "online_update": "all",
         "guard_margin": 0.0,
+        "guard_tolerance": 0.0,
     }
     cfg.train = TrainConfig(**{**base, "guard_every": 0, **train})
     return cfg

@@ -169,7 +169,13 @@ def test_no_worse_with_a_margin_needs_one_metric_lower_by_it():
     assert not ok and "none lower by 10%" in why
     assert not no_worse({"pose_pos_mm": 5.0, "pose_rot_deg": 1.01}, serving, 0.1)[0]  # one worse: never
     assert no_worse({"pose_pos_mm": 9.5, "pose_rot_deg": 1.0}, serving)[0]  # no margin: no worse is enough
+    # a tolerance: a rise within it is noise, beyond it is worse
+    assert no_worse({"pose_pos_mm": 5.0, "pose_rot_deg": 1.01}, serving, 0.1, 0.02)[0]
+    assert not no_worse({"pose_pos_mm": 5.0, "pose_rot_deg": 1.03}, serving, 0.1, 0.02)[0]
+    assert not no_worse({"pose_pos_mm": float("nan"), "pose_rot_deg": 1.0}, serving, 0.1, 0.02)[0]
     with pytest.raises(ConfigError, match="online_update"):
         TrainConfig(online_update="encoders")
     with pytest.raises(ConfigError, match="guard_margin"):
         TrainConfig(guard_margin=1.0)
+    with pytest.raises(ConfigError, match="guard_tolerance"):
+        TrainConfig(guard_tolerance=-0.1)

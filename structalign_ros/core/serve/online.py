@@ -269,13 +269,17 @@ class Progress:
     verdict: str = ""
 
 
-def no_worse(candidate: dict[str, float], serving: dict[str, float], margin: float = 0.0) -> tuple[bool, str]:
+def no_worse(
+    candidate: dict[str, float], serving: dict[str, float], margin: float = 0.0, tolerance: float = 0.0
+) -> tuple[bool, str]:
     """Whether ``candidate``'s metrics (:func:`~core.learn.train.evaluate` on the same windows) are all no
     worse than ``serving``'s, over the :data:`GUARDED` metrics both have, and, with ``margin`` > 0, at
     least one of them lower by that fraction (an update must help by more than the held-out windows'
-    noise to be installed); and why, in words."""
+    noise to be installed); and why, in words. ``tolerance``: a metric counts as worse only above
+    ``(1 + tolerance)`` times the serving one's (the same noise, on the metrics the update did not aim
+    at)."""
     keys = [k for k in GUARDED if k in candidate and k in serving]
-    worse = [k for k in keys if not candidate[k] <= serving[k]]  # NaN is worse
+    worse = [k for k in keys if not candidate[k] <= (1.0 + tolerance) * serving[k]]  # NaN is worse
     why = ", ".join(f"{k} {candidate[k]:.4g} {'>' if k in worse else '<='} {serving[k]:.4g}" for k in keys)
     better = margin <= 0 or any(candidate[k] <= (1.0 - margin) * serving[k] for k in keys)
     if keys and not worse and not better:
@@ -699,7 +703,8 @@ class _Child:
         else:
             candidate = evaluate(self.model, self.objective, holdout)
             serving = evaluate(model, objective, holdout)
-        ok, why = no_worse(candidate, serving, self.config.train.guard_margin)
+        cfg = self.config.train
+        ok, why = no_worse(candidate, serving, cfg.guard_margin, cfg.guard_tolerance)
         p = self.progress
         p.held_out = len(self.holdout)
         p.verdict = f"{'accepted' if ok else 'rejected'} at step {p.steps}: {why or 'nothing to compare'}"
