@@ -50,7 +50,7 @@ def config(**train):
     cfg.objective.name = "pairwise"
     cfg.runtime.backend = "torch"
     base = {"batch_size": 32, "min_replay": 16, "replay_capacity": 512, "online_idle_priority": False}
-    cfg.train = TrainConfig(**{**base, "guard_every": 4, "lr": 1e-2, **train})
+    cfg.train = TrainConfig(**{**base, "guard_every": 4, "guard_windows": 48, "lr": 1e-2, **train})
     return cfg
 
 
@@ -108,7 +108,7 @@ def test_head_only_update_recovers_a_tool_offset_and_the_guard_installs_it(world
     # the tool is swapped: only windows with the new ground truth arrive from now on
     child, outbox = child_for(before, lr=3e-3)
     feed(child, world, OFFSET, range(200, 212))
-    assert len(child.holdout) == 96 and len(child.buffer) == 288  # every 4th window held out, as cues
+    assert len(child.holdout) == 48 and len(child.buffer) == 288  # every 4th window held out (newest 48)
     for _ in range(400):
         child.step()
     child.offer()
@@ -137,6 +137,19 @@ def test_head_only_update_that_does_not_help_by_the_margin_is_rejected_and_undon
     assert not [m for m in outbox.sent if isinstance(m, _Weights)]
     start = model.state_dict()
     assert all(torch.equal(v, start[k]) for k, v in child.model.state_dict().items())  # back to serving
+
+
+def test_head_only_guard_waits_for_a_full_holdout(world, one_thread):
+    model = make_model(world)
+    child, outbox = child_for(model, guard_margin=0.0)
+    feed(child, world, OFFSET, range(500, 505))  # 160 windows: 40 held out of the 48 it judges on
+    child.step()
+    child.offer()
+    assert child.progress.accepted == child.progress.rejected == 0
+    assert not [m for m in outbox.sent if isinstance(m, _Weights)]
+    feed(child, world, OFFSET, [505])
+    child.offer()
+    assert child.progress.accepted + child.progress.rejected == 1
 
 
 def test_head_only_without_ground_truth_trains_nothing(world, one_thread):

@@ -26,9 +26,19 @@ latest ``train.guard_windows``) instead of the replay buffer. Every ``swap_perio
 the weights trained since the last offer are judged against the weights in use on those windows,
 with :func:`~core.learn.train.evaluate`: the objective's loss and, when the held-out windows are
 labelled, the fused pose's position (mm) and rotation (degrees) errors. They are published only if
-no metric is worse (:func:`no_worse`); otherwise training goes back to the weights in use, with a
-fresh optimiser, and the rejection is counted. So a rejected update never reaches the outputs, and
-the trainer never drifts further and further from what serves.
+no metric is worse (beyond ``train.guard_tolerance``) and one is lower by ``train.guard_margin``
+(:func:`no_worse`); otherwise training goes back to the weights in use, with a fresh optimiser, and
+the rejection is counted. So a rejected update never reaches the outputs, and the trainer never
+drifts further and further from what serves.
+
+What it trains (``train.online_update``). ``head``, the default: only each pose expert's linear part
+(:func:`head_parameters`), from the weights in use, by the pose loss on windows with ground truth.
+The encoders, λ and the experts' variances stay as the offline recipe left them (its last stage
+refits the pose experts on frozen features, which end-to-end steps undo), so each window's expert
+inputs are computed once when it arrives (:func:`expert_cues`, a :class:`CueBuffer`) and a step
+costs only the experts; the guard judges the fused pose on the held-out windows' cached inputs
+(:func:`evaluate_head`; the objective's loss cannot change). Without ground truth nothing is
+trained. ``all``: every weight, end to end, by :func:`~core.learn.train.train_step`.
 
 A receiver thread in the parent hands each :class:`WeightUpdate` to ``publish``. The child exits
 when told to, when its parent process has gone (a killed node leaves no trainer behind) and on
@@ -677,7 +687,10 @@ class _Child:
         if self.published_at == self.progress.steps:
             return
         cfg = self.config.train
-        enough = len(self.holdout) >= min(cfg.batch_size, cfg.guard_windows)
+        # head-only steps are cheap, so many candidates meet the same held-out windows: judged on a
+        # batch of them (~11 s of one trajectory at 30 Hz), one was soon better by chance; wait for all
+        needed = cfg.guard_windows if self.head_only else min(cfg.batch_size, cfg.guard_windows)
+        enough = len(self.holdout) >= needed
         if cfg.guard_every and not (enough and self.judge()):
             return
         self.published_at = self.progress.steps
