@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,7 +200,8 @@ def _batches(dataset: Any, loader: Any, start_epoch: int) -> Iterator[Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _run(args)
+        train(args)
+        return 0
     except TrainError as exc:
         print(f"structalign train: {exc}", file=sys.stderr)
         return 2
@@ -234,7 +235,11 @@ class _Job:
         return self.rank == 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, prepare: Callable[[_Job], None] | None = None) -> dict[str, Any]:
+    """One ``structalign train`` (``args`` as :func:`configure`'s parser gives them): load, build,
+    ``prepare(job)`` if given (a caller's change to the built model, objective or trainer before the
+    first step: ``bench/bench_gw_retest.py`` swaps the input kernels for its control), train, finish.
+    Returns the summary (as printed). Raises :class:`TrainError` for unusable bags or checkpoints."""
     import torch
 
     job = _load(args)
@@ -242,11 +247,12 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(job.config.train.threads)
     job.rank, job.world, job.device = _init_distributed(job.config.runtime.device)
     _build(job)
+    if prepare is not None:
+        prepare(job)
     started = time.perf_counter()
     start_step = job.trainer.step
     hooks = _loop(job)
-    _finish(job, hooks, started, start_step)
-    return 0
+    return _finish(job, hooks, started, start_step)
 
 
 def _load(args: argparse.Namespace) -> _Job:
@@ -385,15 +391,18 @@ def _loop(job: _Job) -> dict[str, Any]:
     return hooks
 
 
-def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -> None:
+def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -> dict[str, Any]:
     """``model.pt``, ``model.onnx`` and ``summary.json`` (also printed) on rank 0."""
     from structalign_ros.core.learn.train import save_checkpoint
+    from structalign_ros.core.serve.health_levels import measure_health_levels
 
     trainer, tc, world = job.trainer, job.config.train, job.world
     summary_head = dict(hooks["refit"].summary) if "refit" in hooks else {}
     last_val = summary_head.pop("val", trainer.last_val)
     if job.main:
-        save_checkpoint(job.run_dir / "model.pt", job.model, job.config, trainer.step)
+        # the live sensor health's clean levels for the delivered weights, from the validation episodes
+        health = measure_health_levels(job.model, job.val_bags, job.config) if job.val_bags else None
+        save_checkpoint(job.run_dir / "model.pt", job.model, job.config, trainer.step, health)
     elapsed = time.perf_counter() - started
     steps = trainer.step - start_step
     best = hooks.get("best")
@@ -420,6 +429,7 @@ def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    return summary
 
 
 def _export(model: Any, run_dir: Path, loader: Any) -> tuple[str, float]:

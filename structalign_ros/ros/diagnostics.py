@@ -3,13 +3,14 @@
 Four statuses per node, named ``<node>: windows``, ``<node>: fine-tuning``, ``<node>: sensor health``
 and ``<node>: runtime``, so ``rqt_robot_monitor`` groups them. The windows status is ERROR while the
 node is active but no window came out during the last period, WARN when windows were masked or messages
-dropped during it, else OK. Bad inputs are counted by modality and a fixed vocabulary of reason codes
-(``bad.<modality>.<code>``, :data:`~core.serve.telemetry.CODES`), with the newest reason text
-in ``bad.latest``, so the status has the same keys however many distinct faults arrive. The fine-tuning
-status is WARN when the online trainer failed, or has had windows to train on but finished no step for
-``node.stall_warn_s``. The sensor-health status is WARN, naming them, while modalities have a trust
-under :data:`DISTRUSTED` (:mod:`~core.serve.health`), with each modality's trust and the two
-signals behind it. Each message says why.
+dropped during it, else OK; ``masked.<modality>`` and ``dropped.<modality>`` are there for every
+modality from the first report on, zeros included. Bad inputs are counted by modality and a fixed
+vocabulary of reason codes (``bad.<modality>.<code>``, :data:`~core.serve.telemetry.CODES`), with the
+newest reason text in ``bad.latest``, so the status has the same keys however many distinct faults
+arrive. The fine-tuning status is WARN when the online trainer failed, or has had windows to train on
+but finished no step for ``node.stall_warn_s``. The sensor-health status is WARN, naming them, while
+modalities have a trust under :data:`DISTRUSTED` (:mod:`~core.serve.health`), with each modality's trust
+and the two signals behind it. Each message says why.
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ def diagnostic_array(
         "pending": report["pending"],
         "clock_resets": report["resets"],
     }
-    for name, n in sorted(per_modality(report["masked"]).items()):
-        values[f"masked.{name}"] = n
-    for name, n in sorted(per_modality(report["dropped"]).items()):
-        values[f"dropped.{name}"] = n
+    # every modality's counters from the first report on, zeros included: the key set does not grow
+    # when a modality is first masked or dropped, so a monitor can watch it for unbounded growth
+    for kind in ("masked", "dropped"):
+        counts = per_modality(report[kind])
+        for name in sorted(set(report["modalities"]) | set(counts)):
+            values[f"{kind}.{name}"] = counts[name]
     if bad is None:
         bad = Counter()
         for reason, n in report["events"].items():

@@ -99,7 +99,11 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     # --set keys are recorded with the rest of the tree, device and threads included
     assert (ckpt.config.train.threads, ckpt.config.runtime.device, ckpt.config.train.lr) == (1, "cpu", 5e-4)
     assert ckpt.config.train.checkpoint_dir == ""  # RUN is not baked into the shipped config
-    assert (run / "model.onnx").stat().st_size > 0 and load_checkpoint(run / "model.pt").step == 3
+    delivered = load_checkpoint(run / "model.pt")
+    assert (run / "model.onnx").stat().st_size > 0 and delivered.step == 3
+    # the sensor health's clean levels, measured on the validation episode with the delivered weights
+    assert delivered.health["windows"] == StructAlignConfig().node.health_windows
+    assert all(len(v) > 0 for signal in ("structure", "agreement") for v in delivered.health[signal].values())
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "pose_pos_mm" and 1 <= best["step"] <= 3
     assert summary["head_fit"].startswith(("kept", "rejected")) and summary["best_step"] == best["step"]
@@ -132,3 +136,31 @@ def test_gw_regularizer_composes_with_contrastive_bases_only(episodes, tmp_path,
     assert main([*base, "--objective", "symile", "--gw-regularizer", "--batch-size", "8", "--quiet"]) == 0
     cfg_run = load_checkpoint(tmp_path / "r" / "last.pt").config.objective
     assert (cfg_run.name, cfg_run.base) == ("unioma", "symile")
+
+
+def test_train_runs_a_prepare_hook_on_the_built_job_before_the_first_step(episodes, tmp_path, capsys):
+    import argparse
+
+    from structalign_ros.commands import train as train_cmd
+
+    paths, cfg = episodes
+    parser = argparse.ArgumentParser()
+    train_cmd.configure(parser)
+    argv = ["--bags", *paths, "--config", cfg, "--objective", "pairwise", "--gw-regularizer", "--steps", "2"]
+    argv += ["--batch-size", "8", "--out", str(tmp_path / "r"), "--quiet", "--no-export"]
+    args = parser.parse_args(argv)
+    calls = []
+
+    def prepare(job):
+        kernels = job.trainer.objective.kernels
+        assert job.trainer.step == 0
+
+        def counted(batch, rows):
+            calls.append(len(rows))
+            return kernels(batch, rows)
+
+        job.trainer.objective.kernels = counted
+
+    summary = train_cmd.train(args, prepare)
+    assert summary["steps"] == 2 and "onnx" not in summary
+    assert len(calls) >= 2  # the swapped kernels are the ones the training steps used

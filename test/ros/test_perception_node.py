@@ -611,3 +611,24 @@ def test_a_failed_or_stalled_trainer_makes_the_fine_tuning_status_warn(small_wor
         "no fine-tuning step for 31 s",
     )
     assert tuning(error="the trainer failed: boom") == (DiagnosticStatus.WARN, "the trainer failed: boom")
+
+
+def test_the_windows_status_has_every_modalitys_counters_from_the_first_report(small_world):
+    from structalign_ros.core.serve.perception import PerceptionPipeline
+    from structalign_ros.ros.diagnostics import diagnostic_array
+
+    pipeline = PerceptionPipeline(small_world.config, load_checkpoint(small_world.checkpoint))
+    report = pipeline.report()
+
+    def values(report):
+        array = diagnostic_array(0, "n", report, 30.0, 0, True, {})
+        status = next(s for s in array.status if s.name == "n: windows")
+        return {kv.key: kv.value for kv in status.values}
+
+    first = values(report)
+    for name in pipeline.modalities:
+        assert first[f"masked.{name}"] == "0" and first[f"dropped.{name}"] == "0"
+    name = pipeline.modalities[1]
+    report["masked"] = {f"{name}: gap": 3}
+    later = values(report)
+    assert later[f"masked.{name}"] == "3" and set(later) == set(first)  # counts grow, keys do not
