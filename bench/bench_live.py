@@ -17,9 +17,13 @@ moment of a change is the newest ground-truth stamp when the service answered.
     null: it never fell, or never came back), ``ee_ratio`` (mean EE position error during the fault
     over the 5 s before it).
 (b) shift: two sessions, fine-tuning on and off, the same simulator seed; ``--warmup`` clean seconds,
-    then ``--shift`` (``FIELD=VALUE`` of ``sim.shift``) for ``--shift-s`` seconds. ``clean_mm``: the
-    EE error before the shift (fine-tuning off); ``on_mm``/``off_mm``: the mean over the last third of
-    the shifted time; ``recovered_share = (off_mm - on_mm) / (off_mm - clean_mm)``.
+    then ``--shift`` (``FIELD=VALUE`` of ``sim.shift``; default ``tool_offset_m=0.02``, another tool
+    whose centre point is 2 cm further out, so the ground truth moves and the sensors hardly change)
+    for ``--shift-s`` seconds (default 300: the target is for 5 minutes). ``clean_mm``: the EE error
+    before the shift (fine-tuning off); ``on_mm``/``off_mm``: the mean over the last third of the
+    shifted time; ``recovered_share = (off_mm - on_mm) / (off_mm - clean_mm)``; per arm also the
+    trainer's steps/s (steps of the session over its wall time, start-up included), the guard's
+    accepted/rejected offers, the node's dropped windows and the EE error per 30 s from the shift.
 (c) soak: two sessions, fine-tuning on and off, ``--minutes`` each without faults or shift:
     ``ee_ratio_on_off`` (mean EE error on over off), ``dropped`` (windows the node dropped, fine-tuning
     on), ``rss_growth`` (this process's resident memory at the end over its value at 2 minutes, null
@@ -28,11 +32,12 @@ moment of a change is the newest ground-truth stamp when the service answered.
 
 Prints a table per part and, last, one JSON line
 ``{"faults": {MODALITY: {FAULT: {"fall_s", "recover_s", "ee_ratio"}}}, "shift": {"recovered_share",
-"on_mm", "off_mm", "clean_mm"}, "soak": {"minutes", "ee_ratio_on_off", "dropped", "rss_growth"}}``.
+"on_mm", "off_mm", "clean_mm", "steps_per_s", "accepted", "rejected"},
+"soak": {"minutes", "ee_ratio_on_off", "dropped", "rss_growth"}}``.
 Targets: fall ≤ 5 s, recovery ≤ 10 s, EE ratio ≤ 1.5; shift recovered share ≥ 0.5 within 5 minutes;
 soak (30 minutes) EE within 5 % of fine-tuning off, 0 dropped, RSS growth ≤ 5 %.
 
-    tools/netns-run .venv/bin/python bench/bench_live.py [--parts faults,shift,soak]  # ~12 min
+    tools/netns-run .venv/bin/python bench/bench_live.py [--parts faults,shift,soak]  # ~18 min
     tools/netns-run .venv/bin/python bench/bench_live.py --faults all --shift-s 300 --minutes 30
 """
 
@@ -199,26 +204,50 @@ def faults_part(args: argparse.Namespace, folder: Path, say: Callable[..., None]
     return results
 
 
-def shift_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str, float | None]:
+def shift_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str, Any]:
     config = StructAlignConfig()
     config.node.finetune = finetune
     field, _, value = args.shift.partition("=")
     with session(config, folder / f"shift_{'on' if finetune else 'off'}") as live:
+        began = time.monotonic()
         live.wait(args.warmup)
         start = live.set_sim(**{f"shift__{field}": float(value)})
-        live.wait(args.shift_s)
+        trace = []  # once a simulated second: the guard's counters and verdict, the sensor-health trust
+        while live.now_s() < start + args.shift_s:
+            live.wait(1.0)
+            report = live.node.pipeline.report()
+            trust = report["health"].get("trust", {})
+            trace.append(
+                {
+                    "t": round(live.now_s() - start, 1),
+                    "version": live.node.pipeline.model_version,
+                    "accepted": report["finetune"]["accepted"],
+                    "rejected": report["finetune"]["rejected"],
+                    "verdict": report["finetune"]["verdict"],
+                    "trust": {k: round(float(v), 3) for k, v in trust.items()},
+                }
+            )
         end = live.now_s()
+        wall_s = time.monotonic() - began
         errors = live.monitor.errors()
         pipeline = live.node.pipeline
-        tuning = pipeline.report()["finetune"]
+        report = pipeline.report()
+        tuning = report["finetune"]
     t, e = errors[:, 0], errors[:, 1]
     clean, shifted = mean_between(t, e, start - 10.0, start), mean_between(t, e, end - args.shift_s / 3, end)
+    steps = tuning["steps"] - pipeline.checkpoint_step  # this run's, not the checkpoint's
+    curve = [mean_between(t, e, a, a + 30.0) for a in np.arange(start, end - 1e-9, 30.0)]
     return {
         "clean_mm": None if clean is None else round(clean, 3),
         "shifted_mm": None if shifted is None else round(shifted, 3),
-        "steps": tuning["steps"] - pipeline.checkpoint_step,  # this run's, not the checkpoint's
+        "steps": steps,
+        "steps_per_s": round(steps / wall_s, 2),  # over the whole session, start-up included
         "accepted": tuning["accepted"],
         "rejected": tuning["rejected"],
+        "verdict": tuning["verdict"],
+        "dropped": report["windows_dropped"],
+        "curve_mm": [None if c is None else round(c, 2) for c in curve],  # 30 s bins from the shift
+        "trace": trace,
     }
 
 
@@ -255,8 +284,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=20.0, help="clean seconds first (health warm-up)")
     parser.add_argument("--fault-s", type=float, default=8.0)
     parser.add_argument("--recover-s", type=float, default=12.0)
-    parser.add_argument("--shift", default="camera_yaw_deg=10")
-    parser.add_argument("--shift-s", type=float, default=120.0)
+    parser.add_argument(
+        "--shift", default="tool_offset_m=0.02", help="FIELD=VALUE of sim.shift (default: another tool)"
+    )
+    parser.add_argument("--shift-s", type=float, default=300.0, help="the target is for 5 minutes")
+    parser.add_argument("--shift-on-only", action="store_true", help="the shift with fine-tuning on alone")
     parser.add_argument("--minutes", type=float, default=1.0, help="soak length per arm")
     parser.add_argument(
         "--out", default=None, help="folder for the simulator logs (default: a temporary one)"
@@ -270,19 +302,38 @@ def main() -> None:
         say(f"(a) faults, {args.fault_s:g} s each after {args.warmup:g} s clean, fine-tuning off")
         out["faults"] = faults_part(args, folder, say)
     if "shift" in parts:
+        if args.shift_on_only:  # a look at the adaptation alone (no recovered share without the off arm)
+            on = shift_run(args, folder, True)
+            (folder / "shift_trace.json").write_text(json.dumps({"on": on["trace"]}))
+            print(json.dumps({k: v for k, v in on.items() if k != "trace"}))
+            return
         on, off = shift_run(args, folder, True), shift_run(args, folder, False)
+        (folder / "shift_trace.json").write_text(json.dumps({"on": on["trace"], "off": off["trace"]}))
         clean, on_mm, off_mm = off["clean_mm"], on["shifted_mm"], off["shifted_mm"]
         share = None
         if None not in (clean, on_mm, off_mm) and off_mm > clean:
             share = round((off_mm - on_mm) / (off_mm - clean), 3)
-        out["shift"] = {"recovered_share": share, "on_mm": on_mm, "off_mm": off_mm, "clean_mm": clean}
+        out["shift"] = {
+            "recovered_share": share,
+            "on_mm": on_mm,
+            "off_mm": off_mm,
+            "clean_mm": clean,
+            "steps_per_s": on["steps_per_s"],
+            "accepted": on["accepted"],
+            "rejected": on["rejected"],
+        }
         say(f"(b) shift {args.shift} for {args.shift_s:g} s (EE mm, mean of the last third)")
-        say(f"  {'':<16}{'before':>10}{'shifted':>10}{'steps':>8}{'accepted':>10}{'rejected':>10}")
+        say(
+            f"  {'':<16}{'before':>10}{'shifted':>10}{'steps':>8}{'steps/s':>9}{'accepted':>10}"
+            f"{'rejected':>10}{'dropped':>9}"
+        )
         for label, r in (("fine-tuning on", on), ("fine-tuning off", off)):
             say(
                 f"  {label:<16}{r['clean_mm'] or float('nan'):>10.2f}{r['shifted_mm'] or float('nan'):>10.2f}"
-                f"{r['steps']:>8}{r['accepted']:>10}{r['rejected']:>10}"
+                f"{r['steps']:>8}{r['steps_per_s']:>9}{r['accepted']:>10}{r['rejected']:>10}{r['dropped']:>9}"
             )
+            say(f"  {'':<16}EE mm per 30 s from the shift: {r['curve_mm']}")
+        say(f"  last verdict (on): {on['verdict']}")
         say(f"  recovered share {share}")
     if "soak" in parts:
         on, off = soak_run(args, folder, True), soak_run(args, folder, False)

@@ -213,11 +213,18 @@ class ShiftConfig:
             at (still looking at it).
         tool_mass_kg: payload added to the tool (the F/T sensor carries it).
         light_scale: brightness factor of the scene's lights (1: as built).
+        tool_offset_m: another tool: the tool centre point (the end effector whose pose is the
+            ground truth) moves this far along the tool's axis, beyond the pad for > 0, as when an
+            operator swaps the tool and enters the new one's TCP in the robot controller, whose
+            kinematics then report the new point. The physical tool stays as built (add
+            ``tool_mass_kg`` for a heavier one), so the sensors see the same scene and only the
+            pose to be estimated moves.
     """
 
     camera_yaw_deg: float = 0.0
     tool_mass_kg: float = 0.0
     light_scale: float = 1.0
+    tool_offset_m: float = 0.0
 
     def __post_init__(self) -> None:
         if not -180 <= self.camera_yaw_deg <= 180:
@@ -226,6 +233,8 @@ class ShiftConfig:
             raise ConfigError(f"tool_mass_kg={self.tool_mass_kg} must be in [0, 5]")
         if not self.light_scale >= 0:
             raise ConfigError(f"light_scale={self.light_scale} must be >= 0")
+        if not -0.1 <= self.tool_offset_m <= 0.3:
+            raise ConfigError(f"tool_offset_m={self.tool_offset_m} must be in [-0.1, 0.3]")
 
 
 @dataclass
@@ -383,6 +392,9 @@ class ObjectiveConfig:
             raise ConfigError(f"tck_max_clusters={self.tck_max_clusters} must be >= 2")
 
 
+ONLINE_UPDATES = ("head", "all")  # what live fine-tuning changes (TrainConfig.online_update)
+
+
 @dataclass
 class TrainConfig:
     """Offline and online training (:mod:`structalign_ros.core.learn.train`).
@@ -404,6 +416,14 @@ class TrainConfig:
             worse than the weights in use (:mod:`structalign_ros.core.serve.online`); 0 turns the guard
             off (every update installed).
         guard_windows: how many of the latest held-out windows the guard judges on.
+        guard_margin: besides being no worse on every metric, new weights must lower at least one by
+            this fraction (0: no worse is enough). Many candidates judged on the same few hundred
+            windows of one trajectory: one that is better by chance would be installed, and the
+            next windows show it.
+        guard_tolerance: a metric counts as worse only when it is above the serving weights' by more
+            than this fraction (0: any rise). The held-out mean moves by a few per cent between
+            candidates on one trajectory; without it a candidate that halved the position error was
+            turned down for 0.2 % more rotation error, for minutes.
         online_duty_cycle: share of the time the online trainer may compute: after a step of ``t``
             seconds it rests ``t * (1 / online_duty_cycle - 1)``, leaving the rest of the machine (and
             Python's interpreter lock) to inference and the sensor callbacks; 1 = never rest.
@@ -428,6 +448,11 @@ class TrainConfig:
             joints-masked pose from 8 to 22 mm. ``-.inf`` keeps every expert.
         threads: torch intra-op threads of the offline commands (``structalign train``, ``eval``); 0:
             torch's default (one per core). Recorded in the checkpoint with the rest of the tree.
+        online_update: what live fine-tuning changes. ``head``: only the linear (mean) part of each
+            pose expert, from the weights in use, on windows with ground truth, with the encoders,
+            the input statistics, lambda and the experts' variances frozen (without ground truth
+            nothing is trained); ``all``: every weight, end to end with the objective (the offline
+            recipe's pose-expert refit is undone by it, so the guard rejects nearly every update).
     """
 
     lr: float = 1e-3
@@ -442,6 +467,8 @@ class TrainConfig:
     swap_period_s: float = 10.0
     guard_every: int = 5
     guard_windows: int = 256
+    guard_margin: float = 0.1
+    guard_tolerance: float = 0.02
     online_duty_cycle: float = 0.5
     checkpoint_dir: str = ""
     online_idle_priority: bool = True
@@ -451,8 +478,15 @@ class TrainConfig:
     head_lr: float = 2e-3
     expert_min_r2: float = 0.5
     threads: int = 0
+    online_update: str = "head"
 
     def __post_init__(self) -> None:
+        if not 0 <= self.guard_margin < 1:
+            raise ConfigError(f"guard_margin={self.guard_margin} must be in [0, 1)")
+        if not 0 <= self.guard_tolerance < 1:
+            raise ConfigError(f"guard_tolerance={self.guard_tolerance} must be in [0, 1)")
+        if self.online_update not in ONLINE_UPDATES:
+            raise ConfigError(f"online_update={self.online_update!r} must be one of {ONLINE_UPDATES}")
         if not 0 <= self.noise_augment < 1:
             raise ConfigError(f"noise_augment={self.noise_augment} must be in [0, 1)")
         if self.validate_every < 0 or self.head_steps < 0:

@@ -230,6 +230,42 @@ def test_shift_is_relative_to_the_built_workcell_and_can_be_undone() -> None:
         ShiftConfig(tool_mass_kg=-1.0)
 
 
+@pytest.mark.parametrize("robot", ["arm4", "arm6"])
+def test_another_tool_moves_the_ground_truth_along_the_tool_axis_and_nothing_else(robot) -> None:
+    from structalign_ros.core.config import SIM_ROBOTS
+    from structalign_ros.core.sim.robot import SimRobot
+
+    def readings(offset: float, swap_at: float | None = None) -> dict[str, np.ndarray]:
+        cfg = StructAlignConfig()
+        cfg.sim.robot = robot
+        cfg.modalities["joints"].joint_names = SIM_ROBOTS[robot]
+        cfg.sim.shift = ShiftConfig(tool_offset_m=0.0 if swap_at else offset)
+        sim = SimRobot(cfg, 3, render=False)
+        out: dict[str, list[np.ndarray]] = {}
+        for r in sim.run(0.5):
+            if swap_at is not None and r.stamp_ns >= swap_at * 1e9 and sim.shift.tool_offset_m != offset:
+                sim.apply_shift(ShiftConfig(tool_offset_m=offset))  # live, as the sim node does
+            out.setdefault(r.kind, []).append(r.value)
+        sim.close()
+        return {k: np.array(v) for k, v in out.items()}
+
+    plain, swapped, live = readings(0.0), readings(0.05), readings(0.05, swap_at=0.25)
+    for kind in ("wrench", "imu", "joints", "tactile", "object_pose"):
+        np.testing.assert_array_equal(plain[kind], swapped[kind])  # the same robot doing the same thing
+    moved = swapped["ee_pose"][:, :3] - plain["ee_pose"][:, :3]
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 0.05, rtol=1e-6)
+    np.testing.assert_allclose(swapped["ee_pose"][:, 3:], plain["ee_pose"][:, 3:])  # same orientation
+    # along the tool's axis: the x axis of the end-effector frame (its site's z), here the pad normal
+    w, x, y, z = plain["ee_pose"][:, 3:].T
+    site_z = np.stack([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)], axis=1)
+    np.testing.assert_allclose(moved, 0.05 * site_z, atol=1e-6)
+    half = len(live["ee_pose"]) // 2
+    np.testing.assert_allclose(live["ee_pose"][: half - 2], plain["ee_pose"][: half - 2])  # before the swap
+    np.testing.assert_allclose(live["ee_pose"][half + 2 :], swapped["ee_pose"][half + 2 :])  # after it
+    with pytest.raises(ConfigError, match="tool_offset_m"):
+        ShiftConfig(tool_offset_m=1.0)
+
+
 def test_recording_with_a_configured_fault(tmp_path) -> None:
     from structalign_ros.core.data.bags import iter_messages
     from structalign_ros.core.sim.record import record_episode

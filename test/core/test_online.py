@@ -51,8 +51,17 @@ def config(backend="torch", **train):
     cfg.objective.name = "pairwise"
     cfg.runtime.backend = backend
     # normal priority: under SCHED_IDLE a loaded machine can starve the trainer past any wait; the guard
-    # off unless a test asks for it: these tests are about the transport of every update
-    base = {"batch_size": 16, "min_replay": 16, "replay_capacity": 128, "online_idle_priority": False}
+    # off unless a test asks for it: these tests are about the transport of every update; end-to-end
+    # updates (every weight moves) judged by "no worse" alone, unless a test asks for head-only ones
+    base = {
+        "batch_size": 16,
+        "min_replay": 16,
+        "replay_capacity": 128,
+        "online_idle_priority": False,
+        "online_update": "all",
+        "guard_margin": 0.0,
+        "guard_tolerance": 0.0,
+    }
     cfg.train = TrainConfig(**{**base, "guard_every": 0, **train})
     return cfg
 

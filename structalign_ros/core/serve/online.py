@@ -26,9 +26,19 @@ latest ``train.guard_windows``) instead of the replay buffer. Every ``swap_perio
 the weights trained since the last offer are judged against the weights in use on those windows,
 with :func:`~core.learn.train.evaluate`: the objective's loss and, when the held-out windows are
 labelled, the fused pose's position (mm) and rotation (degrees) errors. They are published only if
-no metric is worse (:func:`no_worse`); otherwise training goes back to the weights in use, with a
-fresh optimiser, and the rejection is counted. So a rejected update never reaches the outputs, and
-the trainer never drifts further and further from what serves.
+no metric is worse (beyond ``train.guard_tolerance``) and one is lower by ``train.guard_margin``
+(:func:`no_worse`); otherwise training goes back to the weights in use, with a fresh optimiser, and
+the rejection is counted. So a rejected update never reaches the outputs, and the trainer never
+drifts further and further from what serves.
+
+What it trains (``train.online_update``). ``head``, the default: only each pose expert's linear part
+(:func:`head_parameters`), from the weights in use, by the pose loss on windows with ground truth.
+The encoders, λ and the experts' variances stay as the offline recipe left them (its last stage
+refits the pose experts on frozen features, which end-to-end steps undo), so each window's expert
+inputs are computed once when it arrives (:func:`expert_cues`, a :class:`CueBuffer`) and a step
+costs only the experts; the guard judges the fused pose on the held-out windows' cached inputs
+(:func:`evaluate_head`; the objective's loss cannot change). Without ground truth nothing is
+trained. ``all``: every weight, end to end, by :func:`~core.learn.train.train_step`.
 
 A receiver thread in the parent hands each :class:`WeightUpdate` to ``publish``. The child exits
 when told to, when its parent process has gone (a killed node leaves no trainer behind) and on
@@ -57,8 +67,8 @@ from torch import Tensor
 
 from structalign_ros.core.config import ModelConfig, StructAlignConfig
 from structalign_ros.core.data.batch import Batch, ModalitySpec, to_batch
-from structalign_ros.core.learn.models import MultimodalModel
-from structalign_ros.core.learn.objectives import build_objective
+from structalign_ros.core.learn.models import MultimodalModel, masked_weights
+from structalign_ros.core.learn.objectives import build_objective, pose_loss
 from structalign_ros.core.learn.train import evaluate, make_optimizer, step_options, train_step
 from structalign_ros.core.serve.export import onnx_bytes
 from structalign_ros.core.serve.runtime import resolve_device
@@ -68,6 +78,7 @@ log = logging.getLogger(__name__)
 INBOX = 256  # windows in flight to the trainer before new ones are dropped
 POLL_S = 0.05  # the child's longest idle wait for a command; the receiver's is 4x this
 GUARDED = ("loss", "pose_pos_mm", "pose_rot_deg")  # the metrics new weights must not make worse
+ABSORB = 64  # head-only: windows turned into expert inputs per forward pass of the encoders
 
 
 @dataclass
@@ -128,6 +139,112 @@ class ReplayBuffer:
 
 
 @dataclass
+class Cues:
+    """Labelled windows as the pose experts see them: ``cues[m]`` ``(B, D_m)`` each expert's input
+    (before its standardisation), ``mask`` ``(B, M)``, ``pose`` ``(B, 7)``."""
+
+    cues: list[Tensor]
+    mask: Tensor
+    pose: Tensor
+
+    def __len__(self) -> int:
+        return len(self.pose)
+
+
+class CueBuffer:
+    """The most recent labelled windows as :class:`Cues` (what head-only fine-tuning trains and
+    judges on): the encoders are frozen, so a window's expert inputs are computed once, when it
+    arrives, and a step costs only the pose experts."""
+
+    def __init__(self, capacity: int) -> None:
+        self._rows: collections.deque[tuple[list[Tensor], Tensor, Tensor]] = collections.deque(
+            maxlen=capacity
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, cues: Cues) -> None:
+        for i in range(len(cues)):
+            self._rows.append(([c[i] for c in cues.cues], cues.mask[i], cues.pose[i]))
+
+    def sample(self, size: int, generator: torch.Generator) -> Cues:
+        """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
+        rows = list(self._rows)
+        pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
+        return self._stack([rows[i] for i in pick])
+
+    def batches(self, size: int) -> list[Cues]:
+        """Every window, oldest first, in batches of ``size``."""
+        rows = list(self._rows)
+        return [self._stack(rows[a : a + size]) for a in range(0, len(rows), size)]
+
+    @staticmethod
+    def _stack(rows: list[tuple[list[Tensor], Tensor, Tensor]]) -> Cues:
+        experts = len(rows[0][0])
+        return Cues(
+            [torch.stack([r[0][m] for r in rows]) for m in range(experts)],
+            torch.stack([r[1] for r in rows]),
+            torch.stack([r[2] for r in rows]),
+        )
+
+
+@torch.no_grad()
+def expert_cues(model: MultimodalModel, batch: Batch) -> Cues | None:
+    """The labelled windows of ``batch`` (finite ground-truth pose) as :class:`Cues` of ``model``'s
+    (frozen) encoders, on the CPU; None when there are none."""
+    if batch.pose is None or model.pose_head is None:
+        return None
+    keep = batch.pose.isfinite().all(1)
+    if not bool(keep.any()):
+        return None
+    device = next(model.parameters()).device
+    batch = batch.select(keep.nonzero().squeeze(1)).to(device)
+    training = model.training
+    model.eval()
+    try:
+        features = model.features(batch.inputs)
+        cues = model.pose_head.expert_inputs([batch.inputs[n] for n in model.modalities], features)
+    finally:
+        model.train(training)
+    return Cues([c.float().cpu() for c in cues], batch.mask.cpu(), batch.pose.float().cpu())
+
+
+def head_parameters(model: MultimodalModel) -> list[Tensor]:
+    """What head-only fine-tuning changes: each pose expert's linear part (its mean's affine map; the
+    MLP that also gives the variances stays as it is)."""
+    assert model.pose_head is not None
+    return [p for expert in model.pose_head.experts for p in expert.linear.parameters()]
+
+
+def head_pose_loss(model: MultimodalModel, cues: Cues) -> tuple[Tensor, dict[str, float]]:
+    """:func:`~core.learn.objectives.pose_loss` of the model's pose head on ``cues`` (the fused pose
+    with the model's lambda, as :meth:`MultimodalModel.forward` fuses it)."""
+    head = model.pose_head
+    assert head is not None
+    device = next(model.parameters()).device
+    mask, pose = cues.mask.to(device), cues.pose.to(device)
+    experts = head.predict_experts([c.to(device) for c in cues.cues])
+    fused = head.fuse(experts, masked_weights(model.modality_logits, mask))
+    return pose_loss(experts, fused, pose, mask, head.position.loc, head.position.scale)
+
+
+@torch.no_grad()
+def evaluate_head(model: MultimodalModel, batches: list[Cues]) -> dict[str, float]:
+    """Window-weighted means of the fused pose's ``pose_pos_mm`` and ``pose_rot_deg`` (and the pose
+    loss, ``pose_nll``) over ``batches``: :func:`~core.learn.train.evaluate`'s pose metrics, from cues."""
+    sums: collections.Counter[str] = collections.Counter()
+    total = 0
+    for cues in batches:
+        loss, metrics = head_pose_loss(model, cues)
+        for key in ("pose_pos_mm", "pose_rot_deg"):
+            sums[key] += metrics[key] * len(cues)
+        sums["pose_nll"] += float(loss) * len(cues)
+        total += len(cues)
+    return {k: v / total for k, v in sums.items()} if total else {}
+
+
+@dataclass
 class WeightUpdate:
     """New weights from the trainer.
 
@@ -162,13 +279,36 @@ class Progress:
     verdict: str = ""
 
 
-def no_worse(candidate: dict[str, float], serving: dict[str, float]) -> tuple[bool, str]:
+def no_worse(
+    candidate: dict[str, float], serving: dict[str, float], margin: float = 0.0, tolerance: float = 0.0
+) -> tuple[bool, str]:
     """Whether ``candidate``'s metrics (:func:`~core.learn.train.evaluate` on the same windows) are all no
-    worse than ``serving``'s, over the :data:`GUARDED` metrics both have; and why, in words."""
+    worse than ``serving``'s, over the :data:`GUARDED` metrics both have, and, with ``margin`` > 0, at
+    least one of them lower by that fraction (an update must help by more than the held-out windows'
+    noise to be installed); and why, in words. ``tolerance``: a metric counts as worse only above
+    ``(1 + tolerance)`` times the serving one's (the same noise, on the metrics the update did not aim
+    at)."""
     keys = [k for k in GUARDED if k in candidate and k in serving]
-    worse = [k for k in keys if not candidate[k] <= serving[k]]  # NaN is worse
+    worse = [k for k in keys if not candidate[k] <= (1.0 + tolerance) * serving[k]]  # NaN is worse
     why = ", ".join(f"{k} {candidate[k]:.4g} {'>' if k in worse else '<='} {serving[k]:.4g}" for k in keys)
-    return bool(keys) and not worse, why
+    better = margin <= 0 or any(candidate[k] <= (1.0 - margin) * serving[k] for k in keys)
+    if keys and not worse and not better:
+        why += f" (none lower by {margin:.0%})"
+    return bool(keys) and not worse and better, why
+
+
+@dataclass
+class _CueRows:
+    """:class:`Cues` with :meth:`Batch.select`'s interface, for :meth:`_Child.split`."""
+
+    cues: Cues
+
+    def __len__(self) -> int:
+        return len(self.cues)
+
+    def select(self, rows: Tensor) -> _CueRows:
+        c = self.cues
+        return _CueRows(Cues([x[rows] for x in c.cues], c.mask[rows], c.pose[rows]))
 
 
 @dataclass
@@ -417,16 +557,39 @@ class _Child:
         self.model = model.to(self.device)
         kinds = {n: s.kind for n, s in specs.items()}
         self.objective = build_objective(config.objective, kinds, model_cfg.embed_dim).to(self.device)
-        self.optimizer = make_optimizer(self.model, self.objective, config.train)
-        self.buffer = ReplayBuffer(config.train.replay_capacity, model.specs)
+        # head-only: the pose experts' linear parts learn from ground truth on cached expert inputs
+        self.head_only = config.train.online_update == "head"
+        if self.head_only and model.pose_head is None:
+            log.warning("online_update 'head' needs a pose head; this model has none: training it all")
+            self.head_only = False
+        self.buffer: ReplayBuffer | CueBuffer
+        self.holdout: ReplayBuffer | CueBuffer
+        if self.head_only:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            for p in head_parameters(self.model):
+                p.requires_grad_(True)
+            self.buffer = CueBuffer(config.train.replay_capacity)
+            self.holdout = CueBuffer(config.train.guard_windows)
+        else:
+            self.buffer = ReplayBuffer(config.train.replay_capacity, model.specs)
+            # the guard: held-out windows, and the weights in use in the node to judge new ones against
+            self.holdout = ReplayBuffer(config.train.guard_windows, model.specs)
+        self.pending: list[Batch] = []  # head-only: windows in, not yet turned into cues
+        self.optimizer = self.make_optimizer()
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.outbox = outbox
         self.progress = Progress(steps=steps)
         self.published_at = steps
-        # the guard: held-out windows, and the weights in use in the node to judge new ones against
-        self.holdout = ReplayBuffer(config.train.guard_windows, model.specs)
         self.received = 0
         self.serving = copy.deepcopy((self.model.state_dict(), self.objective.state_dict()))
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimiser over what this trainer changes."""
+        cfg = self.config.train
+        if self.head_only:
+            return torch.optim.AdamW(head_parameters(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return make_optimizer(self.model, self.objective, cfg)
 
     def take(self, item: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]) -> None:
         inputs, mask, stamps, pose = item
@@ -437,14 +600,42 @@ class _Child:
             torch.from_numpy(stamps),
             None if pose is None else torch.from_numpy(pose),
         )
+        if self.head_only:
+            self.pending.append(batch)  # turned into cues in one pass by absorb()
+            return
+        self.split(batch, self.buffer.add, self.holdout.add)
+
+    def split(self, batch: Any, train: Callable[[Any], None], hold: Callable[[Any], None]) -> None:
+        """Every ``guard_every``-th window received to ``hold``, the others to ``train``."""
         every = self.config.train.guard_every
         number = torch.arange(self.received + 1, self.received + 1 + len(batch))
         self.received += len(batch)
         held = (number % every == 0) if every else torch.zeros(len(batch), dtype=torch.bool)
         if held.any():
-            self.holdout.add(batch.select(held))
+            hold(batch.select(held))
         if not held.all():
-            self.buffer.add(batch.select(~held))
+            train(batch.select(~held))
+
+    def absorb(self) -> None:
+        """Head-only: the windows taken since the last call, as cues of the frozen encoders, into
+        the replay and held-out buffers (unlabelled windows are left out: nothing to learn from)."""
+        if not self.pending:
+            return
+        labelled, self.pending = [b for b in self.pending if b.pose is not None], []
+        for start in range(0, len(labelled), ABSORB):  # a few windows per forward pass, not one
+            part = labelled[start : start + ABSORB]
+            batch = Batch(
+                {k: torch.cat([b.inputs[k] for b in part]) for k in self.model.modalities},
+                torch.cat([b.mask for b in part]),
+                self.model.modalities,
+                torch.cat([b.stamps_ns for b in part]),
+                torch.cat([b.pose for b in part if b.pose is not None]),
+            )
+            cues = expert_cues(self.model, batch)
+            if cues is not None:
+                self.split(
+                    _CueRows(cues), lambda r: self.buffer.add(r.cues), lambda r: self.holdout.add(r.cues)
+                )
 
     def set_config(self, config: StructAlignConfig) -> None:
         self.config = config
@@ -454,9 +645,12 @@ class _Child:
     def step(self) -> None:
         batch = self.buffer.sample(self.config.train.batch_size, self.generator)
         try:
-            metrics = train_step(
-                self.model, batch, self.optimizer, self.objective, **step_options(self.config)
-            )
+            if self.head_only:
+                metrics = self.head_step(batch)
+            else:
+                metrics = train_step(
+                    self.model, batch, self.optimizer, self.objective, **step_options(self.config)
+                )
         except Exception:  # one bad batch must not end live fine-tuning
             log.exception("online train step failed; skipped")
             metrics = {"skipped": 1.0}
@@ -469,13 +663,34 @@ class _Child:
         p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
         self.outbox.send(copy.copy(p))
 
+    def head_step(self, cues: Cues) -> dict[str, float]:
+        """One step of the pose experts' linear parts on ``cues`` (head-only fine-tuning); a
+        non-finite loss or gradient skips it, as :func:`~core.learn.train.train_step` does."""
+        self.model.eval()  # nothing here behaves differently in training mode; the encoders are frozen
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = head_pose_loss(self.model, cues)
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**metrics, "loss": float(loss.detach()), "grad_norm": float("nan"), "skipped": 1.0}
+        loss.backward()
+        clip = self.config.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(head_parameters(self.model), clip if clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 1.0}
+        self.optimizer.step()
+        return {**metrics, "loss": float(loss.detach()), "grad_norm": float(norm), "skipped": 0.0}
+
     def offer(self) -> None:
         """Publish the weights trained since the last offer if they pass the guard (see the module
         docstring); without enough held-out windows to judge on yet, keep training and wait."""
         if self.published_at == self.progress.steps:
             return
         cfg = self.config.train
-        enough = len(self.holdout) >= min(cfg.batch_size, cfg.guard_windows)
+        # head-only steps are cheap, so many candidates meet the same held-out windows: judged on a
+        # batch of them (~11 s of one trajectory at 30 Hz), one was soon better by chance; wait for all
+        needed = cfg.guard_windows if self.head_only else min(cfg.batch_size, cfg.guard_windows)
+        enough = len(self.holdout) >= needed
         if cfg.guard_every and not (enough and self.judge()):
             return
         self.published_at = self.progress.steps
@@ -492,12 +707,17 @@ class _Child:
         """The guard's verdict on the current weights against the serving ones; a rejection puts the
         serving weights back (with a fresh optimiser) and is reported at once."""
         holdout = self.holdout.batches(self.config.train.batch_size)
-        candidate = evaluate(self.model, self.objective, holdout)
         model, objective = copy.deepcopy(self.model), copy.deepcopy(self.objective)
         model.load_state_dict(self.serving[0])
         objective.load_state_dict(self.serving[1])
-        serving = evaluate(model, objective, holdout)
-        ok, why = no_worse(candidate, serving)
+        if self.head_only:
+            # encoders and lambda are the serving ones, so the objective's loss is the same: the pose decides
+            candidate, serving = evaluate_head(self.model, holdout), evaluate_head(model, holdout)
+        else:
+            candidate = evaluate(self.model, self.objective, holdout)
+            serving = evaluate(model, objective, holdout)
+        cfg = self.config.train
+        ok, why = no_worse(candidate, serving, cfg.guard_margin, cfg.guard_tolerance)
         p = self.progress
         p.held_out = len(self.holdout)
         p.verdict = f"{'accepted' if ok else 'rejected'} at step {p.steps}: {why or 'nothing to compare'}"
@@ -508,7 +728,7 @@ class _Child:
             self.published_at = p.steps
             self.model.load_state_dict(self.serving[0])
             self.objective.load_state_dict(self.serving[1])
-            self.optimizer = make_optimizer(self.model, self.objective, self.config.train)
+            self.optimizer = self.make_optimizer()
             # the trainer's λ, as after a step
             p.lambdas = [float(v) for v in self.model.lambdas.detach().cpu()]
         self.outbox.send(copy.copy(p))
@@ -576,6 +796,8 @@ def _train(child: _Child, inbox: Any, commands: Any, outbox: Any) -> None:
                 child.take(inbox.get_nowait())
             except queue.Empty:
                 break
+        if running:
+            child.absorb()
         cfg = child.config.train
         if not running or time.monotonic() < rest_until:
             continue

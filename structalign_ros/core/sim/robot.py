@@ -94,6 +94,7 @@ class SimRobot:
             m.light_diffuse.copy(),
             m.vis.headlight.diffuse.copy(),
             m.vis.headlight.ambient.copy(),
+            m.site_pos[self._site["ee_site"]].copy(),
         )
         self.shift = ShiftConfig()
         if sim.shift != self.shift:
@@ -128,10 +129,11 @@ class SimRobot:
 
         The camera orbits the vertical axis through the point it looks at, the tool's mass grows by
         the payload (its inertia in proportion, centre of mass unchanged), the lights' diffuse and
-        the headlight's diffuse and ambient colour scale by ``light_scale``.
+        the headlight's diffuse and ambient colour scale by ``light_scale``, and the end-effector site
+        (the ground-truth pose) moves ``tool_offset_m`` along the tool's axis (its x, the pad normal).
         """
         m = self.model
-        pos, quat, mass, inertia, light, head_diffuse, head_ambient = self._as_built
+        pos, quat, mass, inertia, light, head_diffuse, head_ambient, tcp = self._as_built
         yaw = np.radians(shift.camera_yaw_deg)
         if yaw:
             target = np.array(self.arm.camera_target)
@@ -148,6 +150,7 @@ class SimRobot:
         m.light_diffuse[:] = light * shift.light_scale
         m.vis.headlight.diffuse[:] = head_diffuse * shift.light_scale
         m.vis.headlight.ambient[:] = head_ambient * shift.light_scale
+        m.site_pos[self._site["ee_site"]] = tcp + np.array([shift.tool_offset_m, 0.0, 0.0])
         self.shift = shift
 
     def close(self) -> None:
