@@ -394,15 +394,12 @@ def _loop(job: _Job) -> dict[str, Any]:
 def _finish(job: _Job, hooks: dict[str, Any], started: float, start_step: int) -> dict[str, Any]:
     """``model.pt``, ``model.onnx`` and ``summary.json`` (also printed) on rank 0."""
     from structalign_ros.core.learn.train import save_checkpoint
-    from structalign_ros.core.serve.health_levels import measure_health_levels
 
     trainer, tc, world = job.trainer, job.config.train, job.world
     summary_head = dict(hooks["refit"].summary) if "refit" in hooks else {}
     last_val = summary_head.pop("val", trainer.last_val)
     if job.main:
-        # the live sensor health's clean levels for the delivered weights, from the validation episodes
-        health = measure_health_levels(job.model, job.val_bags, job.config) if job.val_bags else None
-        save_checkpoint(job.run_dir / "model.pt", job.model, job.config, trainer.step, health)
+        save_checkpoint(job.run_dir / "model.pt", job.model, job.config, trainer.step)
     elapsed = time.perf_counter() - started
     steps = trainer.step - start_step
     best = hooks.get("best")

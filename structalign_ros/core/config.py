@@ -572,10 +572,8 @@ class NodeConfig:
         sensor_health: scale each modality's weight (published, fused, and in the pose) by its live
             health (:mod:`structalign_ros.core.serve.health`): a sensor that degrades loses its weight.
         health_windows: recent windows the health signals are computed over.
-        health_warmup: windows at the start taken as clean (the health references) when the model
-            brings no clean levels measured on held-out episodes (``structalign train`` with
-            validation bags measures them; new weights from fine-tuning do not have them); the
-            weights are the learned ones until then.
+        health_warmup: windows at the start taken as clean (the health references); the weights
+            are the learned ones until then.
         health_margin: spreads of its clean variation a modality's health signal may rise before
             its weight starts to fall.
         max_queue_s: the longest a finished window may wait for the inference worker; an older one

@@ -100,11 +100,7 @@ def test_train_resume_then_eval(episodes, tmp_path, capsys):
     # --set keys are recorded with the rest of the tree, device and threads included
     assert (ckpt.config.train.threads, ckpt.config.runtime.device, ckpt.config.train.lr) == (1, "cpu", 5e-4)
     assert ckpt.config.train.checkpoint_dir == ""  # RUN is not baked into the shipped config
-    delivered = load_checkpoint(run / "model.pt")
-    assert (run / "model.onnx").stat().st_size > 0 and delivered.step == 3
-    # the sensor health's clean levels, measured on the validation episode with the delivered weights
-    assert delivered.health["windows"] == StructAlignConfig().node.health_windows
-    assert all(len(v) > 0 for signal in ("structure", "agreement") for v in delivered.health[signal].values())
+    assert (run / "model.onnx").stat().st_size > 0 and load_checkpoint(run / "model.pt").step == 3
     best = json.loads((run / "best.json").read_text())
     assert best["metric"] == "pose_pos_mm" and 1 <= best["step"] <= 3
     assert summary["head_fit"].startswith(("kept", "rejected")) and summary["best_step"] == best["step"]

@@ -245,9 +245,6 @@ class Checkpoint:
     state: dict[str, Tensor]
     step: int
     version: str
-    # the sensor-health clean levels measured on held-out episodes with these weights
-    # (:func:`core.serve.health.clean_references`), or None
-    health: dict | None = None
 
     def build_model(self) -> MultimodalModel:
         """A model with this checkpoint's architecture and weights."""
@@ -257,16 +254,11 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path,
-    model: MultimodalModel,
-    config: StructAlignConfig,
-    step: int = 0,
-    health: dict | None = None,
+    path: str | Path, model: MultimodalModel, config: StructAlignConfig, step: int = 0
 ) -> None:
     """Write a checkpoint atomically: a temp file in the same directory, fsync, then rename.
 
-    A crash mid-write leaves the previous checkpoint at ``path`` untouched. ``health``: the sensor
-    health's clean levels for these weights (:attr:`Checkpoint.health`).
+    A crash mid-write leaves the previous checkpoint at ``path`` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,8 +270,6 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step),
     }
-    if health is not None:
-        payload["health"] = health
     _atomic_save(payload, path)
 
 
@@ -335,10 +325,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config = from_dict(payload["config"])
         specs = {n: ModalitySpec(s["kind"], tuple(s["shape"])) for n, s in payload["specs"].items()}
-        health = payload.get("health")
-        if health is not None and not isinstance(health, dict):
-            raise TypeError(f"health levels are a {type(health).__name__}, not a dict")
-        return Checkpoint(config, specs, payload["model"], int(payload["step"]), version, health)
+        return Checkpoint(config, specs, payload["model"], int(payload["step"]), version)
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: incomplete or invalid checkpoint ({exc})") from exc
 

@@ -38,14 +38,11 @@ this project's 2-core CPU, beside ~24 ms of inference per window.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 DISTRUSTED = 0.5  # a modality whose trust is under this counts as failing (diagnostics, training)
 MIN_PAIRS = 120  # pairs of windows (16 windows) before a modality's discrepancy is estimated
-MIN_MEASURED = 32  # measured clean values a reference needs to replace the live warm-up
-SIGNALS = ("structure", "agreement")
 HEALTH_FLOOR = 1e-12  # h never reaches 0 (a fully distrusted modality keeps a defined weight), but an
 # overconfident expert's precision (up to e^16) times it is still negligible
 
@@ -68,18 +65,13 @@ def discrepancy(kernel: np.ndarray | None, consensus: np.ndarray | None) -> floa
 class _CleanReference:
     """One signal's clean level for one modality, and how far a new value is above it.
 
-    The first ``warmup`` values are taken as clean, unless ``measured`` clean values are given (from
-    held-out episodes, :func:`clean_references`): then there is no warm-up, and a fault present from
-    the first window is compared with them. Later values join the reference only while the modality
-    is trusted, so a lasting fault never becomes the reference.
+    The first ``warmup`` values are taken as clean; later ones join the reference only while the
+    modality is trusted, so a lasting fault never becomes the reference.
     """
 
-    def __init__(self, warmup: int, history: int, floor: float, measured: Sequence[float] = ()) -> None:
-        self.values: deque[float] = deque(measured, maxlen=history)
-        self.warmup, self.floor = warmup, floor
-        self.seen = warmup if len(self.values) >= MIN_MEASURED else 0
-        if not self.seen:
-            self.values.clear()
+    def __init__(self, warmup: int, history: int, floor: float) -> None:
+        self.values: deque[float] = deque(maxlen=history)
+        self.warmup, self.floor, self.seen = warmup, floor, 0
 
     def excess(self, value: float) -> float:
         """Robust z-score of ``value`` above the clean median (0 during the warm-up)."""
@@ -127,12 +119,8 @@ class ModalityHealth:
         size: windows in the kernels.
         smooth: windows in the rolling median of each signal (a flicker of a few windows is ignored).
         margin: clean spreads above the clean median before trust starts to fall.
-        warmup: windows at the start taken as clean references (for a modality and signal that
-            ``references`` does not cover).
+        warmup: windows at the start taken as clean references.
         history: values per modality and signal kept as its clean reference.
-        references: clean levels measured on held-out episodes (:func:`clean_references`, stored in
-            the checkpoint by ``structalign train``); used when measured with the same ``size`` and
-            ``smooth``, so that a sensor already failing at start-up is not taken as clean.
     """
 
     def __init__(
@@ -144,37 +132,23 @@ class ModalityHealth:
         margin: float = 4.0,
         warmup: int = 256,
         history: int = 512,
-        references: Mapping | None = None,
     ) -> None:
         if size < 16:
             raise ValueError(f"size={size} must be >= 16")
         n = len(modalities)
-        self.modalities, self.size, self.smooth, self.margin = modalities, size, smooth, margin
+        self.modalities, self.size, self.margin = modalities, size, margin
         self.calibration = None if calibration is None else np.asarray(calibration, dtype=np.float64)
         self._z: deque[np.ndarray] = deque(maxlen=size)
         self._mask: deque[np.ndarray] = deque(maxlen=size)
         self._d: deque[np.ndarray] = deque(maxlen=smooth)
         self._chi: deque[np.ndarray] = deque(maxlen=smooth)
-        shape = None if references is None else (references.get("windows"), references.get("smooth"))
-        measured = references if shape == (size, smooth) else {}
-
-        def refs(signal: str) -> list[_CleanReference]:
-            levels = measured.get(signal, {})
-            return [_CleanReference(warmup, history, 0.1, levels.get(name, ())) for name in modalities]
-
-        self._structure, self._agreement = refs("structure"), refs("agreement")
+        self._structure = [_CleanReference(warmup, history, 0.1) for _ in range(n)]
+        self._agreement = [_CleanReference(warmup, history, 0.1) for _ in range(n)]
         self.trust = np.ones(n)
         self.discrepancies = np.full(n, np.nan)  # the newest structural discrepancy per modality
         self.agreement = np.full(n, np.nan)  # the newest rolling log chi-square per modality
         self._parts = np.ones((n, 2))  # trust from (structure, agreement)
         self._pairs = np.triu_indices(size, k=1)
-
-    def clean_levels(self) -> dict[str, dict[str, list[float]]]:
-        """Per signal and modality, the values its clean reference holds now."""
-        return {
-            signal: {name: list(ref.values) for name, ref in zip(self.modalities, refs, strict=True)}
-            for signal, refs in zip(SIGNALS, (self._structure, self._agreement), strict=True)
-        }
 
     def reset(self) -> None:
         """Forget the recent windows (the data jumped: a new bag, a reset); the references stay."""
@@ -306,33 +280,3 @@ class ModalityHealth:
             if trust > 0.9:
                 ref.keep(value)
             self._parts[m, 1] = trust
-
-
-def clean_references(
-    episodes: Iterable[Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]],
-    modalities: tuple[str, ...],
-    calibration: np.ndarray | None,
-    size: int = 64,
-    smooth: int = 30,
-    history: int = 512,
-) -> dict:
-    """Each modality's clean levels of both signals, measured on held-out episodes.
-
-    ``episodes``: per episode, its windows in time order as ``(embeddings, mask, weights,
-    experts)`` (the arguments of :meth:`ModalityHealth.update`). Every value is taken as clean; the
-    recent windows are forgotten between episodes. Of each modality's values, ``history`` evenly
-    spaced over all episodes are kept (consecutive values are close: they share most of their windows).
-    Returns the ``references`` argument of :class:`ModalityHealth`.
-    """
-    health = ModalityHealth(modalities, calibration, size, smooth, warmup=2**62, history=2**62)
-    for windows in episodes:
-        health.reset()
-        for embeddings, mask, weights, experts in windows:
-            health.update(embeddings, mask, weights, experts)
-    levels = health.clean_levels()
-    for signal in SIGNALS:
-        for name, values in levels[signal].items():
-            if len(values) > history:
-                keep = np.linspace(0, len(values) - 1, history).round().astype(int)
-                levels[signal][name] = [values[i] for i in keep]
-    return {"windows": size, "smooth": smooth, **levels}

@@ -211,7 +211,6 @@ class PerceptionPipeline:
         self._poses: deque[tuple[int, np.ndarray]] = deque(maxlen=256)
         self._last_push = time.monotonic_ns()
         self.pose_errors: deque[tuple[float, float]] = deque(maxlen=1024)
-        self._health_levels = checkpoint.health  # measured with the checkpoint's weights (version 0)
         self.health = self._new_health(config)
         self._resets_seen = 0
         self.sent_distrusted = 0  # windows offered to the trainer with a distrusted modality masked
@@ -292,7 +291,6 @@ class PerceptionPipeline:
             size=config.node.health_windows,
             margin=config.node.health_margin,
             warmup=config.node.health_warmup,
-            references=self._health_levels if self.model_version == 0 else None,
         )
 
     def _apply_health(self, out: ModelOutput, mask: torch.Tensor) -> tuple[ModelOutput, torch.Tensor]:
