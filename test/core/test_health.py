@@ -190,7 +190,9 @@ def test_the_live_pipeline_stops_trusting_a_failed_sensor(default_episode, fault
     during = (t > 13.5) & (t < 16)
     assert np.all(weights[during, m] < 0.5 * clean)
     assert np.all(weights[t > 18.5, m] > 0.9 * clean)
-    assert error[during].mean() < 0.3 * error_off[during].mean()
+    # zeroed joints, the model of the expert-gate recipe: 13.7 mm on against 29.9 mm off (the model
+    # before it: 19 against 129 mm, when this bound was 0.3)
+    assert error[during].mean() < 0.5 * error_off[during].mean()
 
 
 def test_the_trainer_gets_a_distrusted_sensor_as_missing(default_episode):
