@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from bench_quality import ROBOTS, record
 from experiments.arms import ShuffledKernels
+from experiments.stats import paired, summary
 
 from structalign_ros.commands import train as train_cmd
 from structalign_ros.core.config import StructAlignConfig
@@ -102,12 +103,6 @@ def score(run: Path, tests: list[Path], config: Any, read: dict[str, Any]) -> di
     return out
 
 
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    return {"mean": statistics.fmean(d), "std": sd, "favour": sum(v > 0 for v in d), "n": len(d)}
-
-
 def report(results: dict[str, dict[str, dict[int, dict[str, float]]]], seeds: list[int]) -> dict[str, Any]:
     """Per base and condition: each arm's mean ± std, and the two paired differences."""
     out: dict[str, Any] = {}
@@ -117,7 +112,7 @@ def report(results: dict[str, dict[str, dict[int, dict[str, float]]]], seeds: li
         for cond in conds:
             vals = {a: [arms[a][s][cond] for s in seeds] for a in ARMS}
             out[base][cond] = {
-                **{a: {"mean": statistics.fmean(v), "std": statistics.stdev(v)} for a, v in vals.items()},
+                **{a: summary(v) for a, v in vals.items()},
                 "base_minus_gw": paired(vals["base"], vals["gw"]),
                 "shuffled_minus_gw": paired(vals["gw_shuffled"], vals["gw"]),
             }
@@ -133,7 +128,7 @@ def table(rep: dict[str, Any]) -> str:
         for cond, r in conds.items():
             cells = [f"{r[a]['mean']:7.2f} ± {r[a]['std']:5.2f}" for a in ARMS]
             diffs = [
-                f"{r[k]['mean']:+7.2f} ± {r[k]['std']:5.2f} {r[k]['favour']}/{r[k]['n']}"
+                f"{r[k]['mean']:+7.2f} ± {r[k]['std']:5.2f} {r[k]['positive']}/{r[k]['n']}"
                 for k in ("base_minus_gw", "shuffled_minus_gw")
             ]
             lines.append(
