@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from online_data import TINY, make_model, tiny_world
 
-from structalign_ros.core.config import ConfigError, ModelConfig, StructAlignConfig, TrainConfig
-from structalign_ros.core.data.batch import Batch, ModalitySpec
-from structalign_ros.core.eval.synthetic import SyntheticWorld
+from structalign_ros.core.config import ConfigError, StructAlignConfig, TrainConfig
+from structalign_ros.core.data.batch import Batch
 from structalign_ros.core.learn.models import MultimodalModel
 from structalign_ros.core.serve.online import (
     CueBuffer,
@@ -20,13 +20,12 @@ from structalign_ros.core.serve.online import (
     no_worse,
 )
 
-TINY = ModelConfig(embed_dim=16, width=8, image_size=16)
 OFFSET = 0.5  # m along z: another tool, whose centre point the ground truth now reports
 
 
 @pytest.fixture(scope="module")
 def world():
-    return SyntheticWorld(modalities=("rgb", "wrench", "imu"), image=16, steps=12)
+    return tiny_world()
 
 
 @pytest.fixture
@@ -34,14 +33,6 @@ def one_thread():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)  # the child sets one thread for itself
-
-
-def make_model(world):
-    batch, _ = world.batch(64, seed=0)
-    torch.manual_seed(0)
-    model = MultimodalModel(ModalitySpec.from_batch(batch, world.kinds), TINY)
-    model.fit_input_stats(batch)
-    return model
 
 
 def config(**train):
