@@ -23,6 +23,10 @@ session on 2 cores; ``--steps 600 --head-steps 4000 --val-batches 0`` is the ful
 in ``DATA/ROBOT/gw_retest/BUDGET`` and reused, so an interrupted run continues where it stopped.
 
     .venv/bin/python bench/bench_gw_retest.py --data /work/runs/bq          # arm4, 5 seeds, 45 runs
+
+Because every run is cached on its own, processes for different ``--seeds``/``--bases`` may train
+side by side (``--threads 1`` each, one per core); a last call with the full set reads them all
+and prints the table.
 """
 
 from __future__ import annotations
@@ -184,7 +188,8 @@ def main() -> None:
     rep = report(results, opts.seeds)
     print(
         f"\n{opts.robot}: {len(train_s)} trainings of {opts.steps} end-to-end + {opts.head_steps} refit "
-        f"steps, {statistics.fmean(train_s):.0f} s each on average; {os.cpu_count()} CPUs"
+        f"steps, {statistics.fmean(train_s):.0f} s each on average "
+        f"({opts.threads} torch thread(s) per training; {os.cpu_count()} CPUs)"
     )
     print(table(rep))
     print(json.dumps({"robot": opts.robot, "steps": opts.steps, "head_steps": opts.head_steps,

@@ -26,9 +26,9 @@ moment of a change is the newest ground-truth stamp when the service answered.
     accepted/rejected offers, the node's dropped windows and the EE error per 30 s from the shift.
 (c) soak: two sessions, fine-tuning on and off, ``--minutes`` each without faults or shift:
     ``ee_ratio_on_off`` (mean EE error on over off), ``dropped`` (windows the node dropped, fine-tuning
-    on), ``rss_growth`` (this process's resident memory at the end over its value at 2 minutes, null
-    for runs of 2 minutes or less; the process holds the node and the monitor's records, which grow by
-    about 100 bytes per window).
+    on), ``rss_growth`` (resident memory at the end over its value at 2 minutes, null for runs of 2
+    minutes or less, of this process and the online trainer's child process together; this process
+    holds the node and the monitor's records, which grow by about 100 bytes per window).
 
 Prints a table per part and, last, one JSON line
 ``{"faults": {MODALITY: {FAULT: {"fall_s", "recover_s", "ee_ratio"}}}, "shift": {"recovered_share",
@@ -257,13 +257,19 @@ def soak_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str
     config = StructAlignConfig()
     config.node.finetune = finetune
     with session(config, folder / f"soak_{'on' if finetune else 'off'}") as live:
+
+        def rss() -> float:  # the node's process and its online trainer's
+            trainer = live.node.pipeline.trainer
+            pid = trainer.pid if trainer is not None else None
+            return resident_mb() + (resident_mb(pid) if pid is not None else 0.0)
+
         start = live.now_s()
         rss_2min = None
         while live.now_s() < start + args.minutes * 60.0:
             time.sleep(1.0)
             if rss_2min is None and live.now_s() >= start + 120.0:
-                rss_2min = resident_mb()
-        rss_end = resident_mb()
+                rss_2min = rss()
+        rss_end = rss()
         errors = live.monitor.errors()
         report = live.node.pipeline.report()
     return {

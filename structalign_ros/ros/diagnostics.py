@@ -29,14 +29,15 @@ from structalign_ros.ros.messages import time_msg
 LATEST_CHARS = 200  # the newest bad-input reason is cut to this
 
 
-def resident_mb() -> float:
-    """Resident memory of this process in MiB (Linux ``/proc``; peak RSS elsewhere)."""
+def resident_mb(pid: int | None = None) -> float:
+    """Resident memory of process ``pid`` (default: this one) in MiB, from Linux ``/proc``; elsewhere
+    this process's peak RSS, and 0 for another process."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
+        with open(f"/proc/{pid or 'self'}/statm", encoding="ascii") as fh:
             pages = int(fh.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid is None else 0.0
 
 
 def per_modality(reasons: dict[str, int]) -> Counter[str]:

@@ -216,12 +216,15 @@ def test_weights_trained_in_the_child_are_swapped_into_a_serving_predictor(world
             trainer.add(world.batch(16, seed=100 + s)[0])
         assert wait_for(lambda: predictor.swaps >= 2), trainer.error
         assert trainer.pause()  # paused, and the newest weights were published before it returned
+        child = trainer.pid  # another process than this one, and a live one (signal 0 only checks)
+        assert child is not None and child != os.getpid()
+        os.kill(child, 0)
     finally:
         stop.set()
         server.join()
         trainer.close()
     assert not errors and served
-    assert not trainer.alive and not trainer.error
+    assert not trainer.alive and not trainer.error and trainer.pid is None
     assert trainer.progress.steps > 0 and trainer.published == len(updates) >= 2
     assert (updates[-1].onnx is not None) == (backend == "onnx")
     assert updates[-1].steps == trainer.progress.steps

@@ -394,6 +394,12 @@ class OnlineTrainer:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        """The child process's id while it runs (its memory is not in the node's own)."""
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
     def _ensure_process(self) -> None:
         if self.alive:
             return
