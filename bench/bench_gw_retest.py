@@ -17,16 +17,18 @@ Every model is scored on the test episodes with all sensors and with each modali
 per arm, and the paired differences ``base - gw`` (positive: GW lowers the error) and
 ``gw_shuffled - gw`` (positive: the real kernels beat the control), with the count of seeds in favour.
 
-The budget is a shortened default recipe (``--steps``, ``--head-steps``, ``--val-batches``;
-everything else is the shipped default config), because 45 trainings of the full recipe do not fit a
-session on 2 cores; ``--steps 600 --head-steps 4000 --val-batches 0`` is the full one. Runs are kept
-in ``DATA/ROBOT/gw_retest/BUDGET`` and reused, so an interrupted run continues where it stopped.
+The budget is the default recipe (``TrainConfig``'s ``steps`` and ``head_steps``, validation on
+every batch; everything else is the shipped default config): 191 s a training on this 2-core
+machine, two side by side. ``--steps``, ``--head-steps`` and ``--val-batches`` shorten it (e.g.
+``--steps 200 --head-steps 1500 --val-batches 8``, 67 s), but a shortened recipe ranked the arms
+differently on the same seed, so it is no stand-in for the default one (docs/RESULTS.md). Runs are
+kept in ``DATA/ROBOT/gw_retest/BUDGET`` and reused, so an interrupted run continues where it
+stopped; processes for different ``--seeds``/``--bases`` may therefore train side by side
+(``--threads 1`` each, one per core), and a last call with the full set reads them all and prints
+the table.
 
+    .venv/bin/python bench/bench_gw_retest.py --data /work/runs/bq --threads 1 --seeds 0 --bases gram
     .venv/bin/python bench/bench_gw_retest.py --data /work/runs/bq          # arm4, 5 seeds, 45 runs
-
-Because every run is cached on its own, processes for different ``--seeds``/``--bases`` may train
-side by side (``--threads 1`` each, one per core); a last call with the full set reads them all
-and prints the table.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from experiments.arms import ShuffledKernels
 from experiments.stats import paired, summary
 
 from structalign_ros.commands import train as train_cmd
-from structalign_ros.core.config import StructAlignConfig
+from structalign_ros.core.config import StructAlignConfig, TrainConfig
 from structalign_ros.core.config_io import load_yaml
 from structalign_ros.core.data.batch import concat
 from structalign_ros.core.data.dataset import labelled_episode
@@ -149,11 +151,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--bases", nargs="+", default=["pairwise", "symile", "gram"])
-    parser.add_argument("--steps", type=int, default=200, help="end-to-end (default: 600)")
-    parser.add_argument(
-        "--head-steps", type=int, default=1500, help="pose-expert refit steps (default recipe: 4000)"
-    )
-    parser.add_argument("--val-batches", type=int, default=8, help="per validation (default: all)")
+    recipe = TrainConfig()
+    parser.add_argument("--steps", type=int, default=recipe.steps, help="end-to-end steps")
+    parser.add_argument("--head-steps", type=int, default=recipe.head_steps, help="pose-expert refit steps")
+    parser.add_argument("--val-batches", type=int, default=0, help="per validation (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     parser.add_argument("--val-seed", type=int, default=106)
