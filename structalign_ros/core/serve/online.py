@@ -150,6 +150,10 @@ class Cues:
     def __len__(self) -> int:
         return len(self.pose)
 
+    def select(self, rows: Tensor) -> Cues:
+        """The windows at ``rows`` (indices or a boolean mask), as :meth:`Batch.select`."""
+        return Cues([c[rows] for c in self.cues], self.mask[rows], self.pose[rows])
+
 
 class CueBuffer:
     """The most recent labelled windows as :class:`Cues` (what head-only fine-tuning trains and
@@ -295,20 +299,6 @@ def no_worse(
     if keys and not worse and not better:
         why += f" (none lower by {margin:.0%})"
     return bool(keys) and not worse and better, why
-
-
-@dataclass
-class _CueRows:
-    """:class:`Cues` with :meth:`Batch.select`'s interface, for :meth:`_Child.split`."""
-
-    cues: Cues
-
-    def __len__(self) -> int:
-        return len(self.cues)
-
-    def select(self, rows: Tensor) -> _CueRows:
-        c = self.cues
-        return _CueRows(Cues([x[rows] for x in c.cues], c.mask[rows], c.pose[rows]))
 
 
 @dataclass
@@ -639,9 +629,7 @@ class _Child:
             )
             cues = expert_cues(self.model, batch)
             if cues is not None:
-                self.split(
-                    _CueRows(cues), lambda r: self.buffer.add(r.cues), lambda r: self.holdout.add(r.cues)
-                )
+                self.split(cues, self.buffer.add, self.holdout.add)
 
     def set_config(self, config: StructAlignConfig) -> None:
         self.config = config
