@@ -28,7 +28,8 @@ moment of a change is the newest ground-truth stamp when the service answered.
     ``ee_ratio_on_off`` (mean EE error on over off), ``dropped`` (windows the node dropped, fine-tuning
     on), ``rss_growth`` (resident memory at the end over its value at 2 minutes, null for runs of 2
     minutes or less, of this process and the online trainer's child process together; this process
-    holds the node and the monitor's records, which grow by about 100 bytes per window).
+    also holds the monitor, whose records (~100 bytes a window) are subtracted). The table adds each
+    process's growth; ``soak_*/memory.json`` has the memory every 10 simulated seconds.
 
 Prints a table per part and, last, one JSON line
 ``{"faults": {MODALITY: {FAULT: {"fall_s", "recover_s", "ee_ratio"}}}, "shift": {"recovered_share",
@@ -70,8 +71,7 @@ class Session:
 
     def now_s(self) -> float:
         """The newest ground-truth stamp (simulated time), in seconds."""
-        with self.monitor.lock:
-            return max(self.monitor.truth, default=0) * 1e-9
+        return self.monitor.now_ns() * 1e-9
 
     def set_sim(self, **values: Any) -> float:
         """Set ``sim.*`` parameters (``fault__kind="stuck"`` for ``sim.fault.kind``); returns the stamp
@@ -127,12 +127,10 @@ def session(config: StructAlignConfig, folder: Path) -> Iterator[Session]:
 
 def weights_of(monitor: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(stamp s, weight) of modality ``name`` in every published ``modality_weights``."""
-    with monitor.lock:
-        rows, names = list(monitor.weights), list(monitor.names)
-    if not rows or name not in names:
+    names, _, stamps, weights = monitor.weight_series()
+    if not len(stamps) or name not in names:
         return np.zeros(0), np.zeros(0)
-    m = names.index(name)
-    return np.array([r[1] * 1e-9 for r in rows]), np.array([r[2][m] for r in rows])
+    return stamps * 1e-9, weights[:, names.index(name)]
 
 
 def mean_between(t: np.ndarray, v: np.ndarray, a: float, b: float) -> float | None:
@@ -251,31 +249,49 @@ def shift_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[st
     }
 
 
-def soak_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str, float | None]:
+def soak_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str, Any]:
     from structalign_ros.ros.diagnostics import resident_mb
 
     config = StructAlignConfig()
     config.node.finetune = finetune
-    with session(config, folder / f"soak_{'on' if finetune else 'off'}") as live:
+    run = folder / f"soak_{'on' if finetune else 'off'}"
+    with session(config, run) as live:
 
-        def rss() -> float:  # the node's process and its online trainer's
+        def memory() -> dict[str, float]:  # MB: the node (less the monitor's records), the trainer
             trainer = live.node.pipeline.trainer
             pid = trainer.pid if trainer is not None else None
-            return resident_mb() + (resident_mb(pid) if pid is not None else 0.0)
+            monitor = live.monitor.nbytes / 2**20
+            return {
+                "node": resident_mb() - monitor,
+                "trainer": resident_mb(pid) if pid is not None else 0.0,
+                "monitor": monitor,
+            }
 
         start = live.now_s()
-        rss_2min = None
-        while live.now_s() < start + args.minutes * 60.0:
-            time.sleep(1.0)
-            if rss_2min is None and live.now_s() >= start + 120.0:
-                rss_2min = rss()
-        rss_end = rss()
+        trace = []  # every 10 simulated seconds: memory and the guard's counters
+        while (t := live.now_s() - start) < args.minutes * 60.0:
+            live.wait(10.0)
+            tuning = live.node.pipeline.report()["finetune"]
+            trace.append(
+                {"t": round(t, 1), **memory(), "accepted": tuning["accepted"], "replay": tuning["replay"]}
+            )
         errors = live.monitor.errors()
         report = live.node.pipeline.report()
+    (run / "memory.json").write_text(json.dumps(trace))
+    after = [row for row in trace if row["t"] >= 120.0]
+    growth = {}
+    if after:
+        for part in ("node", "trainer"):
+            first, last = after[0][part], trace[-1][part]
+            growth[part] = round(last / first - 1.0, 4) if first else None
+        total = [row["node"] + row["trainer"] for row in (after[0], trace[-1])]
+        growth["total"] = round(total[1] / total[0] - 1.0, 4)
     return {
         "ee_mm": round(float(errors[:, 1].mean()), 3) if len(errors) else None,
         "dropped": report["windows_dropped"],
-        "rss_growth": None if rss_2min is None else round(rss_end / rss_2min - 1.0, 4),
+        "rss_growth": growth.get("total"),
+        "rss_growth_parts": growth,
+        "monitor_mb": round(trace[-1]["monitor"], 1) if trace else None,
     }
 
 
@@ -353,7 +369,10 @@ def main() -> None:
         say(
             f"(c) soak {args.minutes:g} min per arm: EE on {on['ee_mm']} mm, off {off['ee_mm']} mm "
             f"(ratio {ratio}); dropped on {on['dropped']}, off {off['dropped']}; "
-            f"RSS growth {on['rss_growth']}"
+            f"RSS growth {on['rss_growth']} (node {on['rss_growth_parts'].get('node')}, trainer "
+            f"{on['rss_growth_parts'].get('trainer')}; off: node {off['rss_growth_parts'].get('node')}); "
+            f"the monitor's records at the end: {on['monitor_mb']} MB (left out); memory every 10 s in "
+            f"{folder}/soak_*/memory.json"
         )
     print(json.dumps(out))
 

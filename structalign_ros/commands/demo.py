@@ -31,7 +31,7 @@ import numpy as np
 from structalign_ros.commands.options import add_set_argument
 from structalign_ros.commands.play import add_fault_arguments, resolve_fault
 from structalign_ros.core.config import ConfigError, FaultConfig, StructAlignConfig
-from structalign_ros.core.data.dataset import POSE_TOLERANCE_NS
+from structalign_ros.core.eval.live import PoseScorer, WeightTrace
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 class Monitor:
-    """Subscribes to the node's pose and weights and to the ground truth; keeps them for scoring."""
+    """Subscribes to the node's pose and weights and to the ground truth, and records them for scoring
+    (:mod:`core.eval.live`: compact, so that a long run measures the node's memory, not this)."""
 
     def __init__(self, node: Any, gt_topic: str, prefix: str) -> None:
         from geometry_msgs.msg import PoseStamped
@@ -58,10 +59,8 @@ class Monitor:
 
         self._stamp = stamp_of
         self.lock = threading.Lock()
-        self.poses: list[tuple[int, np.ndarray]] = []  # (stamp, xyz qxyzw) published by the node
-        self.truth: dict[int, np.ndarray] = {}
-        self.weights: list[tuple[float, int, list[float]]] = []  # (receive time, stamp, lambda)
-        self.names: list[str] = []
+        self.scorer = PoseScorer()
+        self.weights = WeightTrace()
         node.create_subscription(PoseStamped, f"{prefix}/ee_pose", self._on_pose, 50)
         node.create_subscription(PoseStamped, gt_topic, self._on_truth, 200)
         node.create_subscription(JointState, f"{prefix}/modality_weights", self._on_weights, 50)
@@ -73,53 +72,45 @@ class Monitor:
 
     def _on_pose(self, msg: Any) -> None:
         with self.lock:
-            self.poses.append((self._stamp(msg.header.stamp), self._pose(msg)))
+            self.scorer.add_pose(self._stamp(msg.header.stamp), self._pose(msg))
 
     def _on_truth(self, msg: Any) -> None:
         with self.lock:
-            self.truth[self._stamp(msg.header.stamp)] = self._pose(msg)
+            self.scorer.add_truth(self._stamp(msg.header.stamp), self._pose(msg))
 
     def _on_weights(self, msg: Any) -> None:
         with self.lock:
-            self.names = list(msg.name)
-            self.weights.append((time.monotonic(), self._stamp(msg.header.stamp), list(msg.position)))
+            self.weights.add(
+                time.monotonic(), self._stamp(msg.header.stamp), list(msg.name), list(msg.position)
+            )
+
+    def now_ns(self) -> int:
+        """The newest ground-truth stamp (simulated time; 0 before any)."""
+        with self.lock:
+            return self.scorer.newest_truth_ns
+
+    def weight_series(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(modality names, arrival times s, stamps ns, weights ``(n, M)``) of every weight message."""
+        with self.lock:
+            return (list(self.weights.names), *self.weights.series())
 
     def realtime_factor(self) -> float | None:
         """Simulated seconds per wall second, from the stamps and arrival times of the outputs."""
-        with self.lock:
-            weights = list(self.weights)
-        if len(weights) < 2:
+        _, received, stamps, _ = self.weight_series()
+        if len(received) < 2:
             return None
-        (r0, s0, _), (r1, s1, _) = weights[0], weights[-1]
-        return round((s1 - s0) * 1e-9 / max(r1 - r0, 1e-9), 2)
+        return round((stamps[-1] - stamps[0]) * 1e-9 / max(received[-1] - received[0], 1e-9), 2)
 
     def errors(self) -> np.ndarray:
         """``(n, 3)``: stamp (s), position error (mm), orientation error (deg) of every scored output."""
         with self.lock:
-            poses, truth = list(self.poses), dict(self.truth)
-        if not truth:
-            return np.zeros((0, 3))
-        stamps = np.array(sorted(truth))
-        rows = []
-        for stamp, pose in poses:
-            i = int(np.clip(np.searchsorted(stamps, stamp), 1, len(stamps) - 1))
-            near = stamps[i] if abs(stamps[i] - stamp) < abs(stamps[i - 1] - stamp) else stamps[i - 1]
-            if abs(int(near) - stamp) > POSE_TOLERANCE_NS:
-                continue
-            gt = truth[int(near)]
-            pos_mm = 1000.0 * float(np.linalg.norm(pose[:3] - gt[:3]))
-            rows.append((stamp * 1e-9, pos_mm, _angle_deg(pose[3:], gt[3:])))
-        return np.array(rows).reshape(-1, 3)
+            return self.scorer.errors()
 
-
-def _angle_deg(q1: np.ndarray, q2: np.ndarray) -> float:
-    """Rotation angle between two ``[x, y, z, w]`` quaternions (the pipeline's and eval's measure)."""
-    import torch
-
-    from structalign_ros.core.learn.rotations import geodesic_angle, quaternion_to_matrix
-
-    R1, R2 = (quaternion_to_matrix(torch.from_numpy(q).double()) for q in (q1, q2))
-    return float(torch.rad2deg(geodesic_angle(R1, R2)))
+    @property
+    def nbytes(self) -> int:
+        """Bytes the recorded series hold (they grow with the run, in the node's process)."""
+        with self.lock:
+            return self.scorer.nbytes + self.weights.nbytes
 
 
 def fault_parameters(fault: FaultConfig | None) -> list[str]:
@@ -144,12 +135,10 @@ def _plots(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    with monitor.lock:
-        weights, names = list(monitor.weights), list(monitor.names)
+    names, _, stamps, lam = monitor.weight_series()
     figures = []
-    if weights:
-        t = np.array([(s - weights[0][1]) * 1e-9 for _, s, _ in weights])
-        lam = np.array([w for _, _, w in weights])
+    if len(stamps):
+        t = (stamps - stamps[0]) * 1e-9
         fig, ax = plt.subplots(figsize=(8, 4))
         for m, name in enumerate(names):
             ax.plot(t, lam[:, m], label=name, lw=1)

@@ -12,6 +12,7 @@ from structalign_ros.core.data.batch import Batch
 from structalign_ros.core.learn.models import MultimodalModel
 from structalign_ros.core.serve.online import (
     CueBuffer,
+    Cues,
     _Child,
     _to_numpy,
     _Weights,
@@ -164,6 +165,29 @@ def test_cue_buffer_keeps_the_newest(world):
     sample = buf.sample(8, torch.Generator().manual_seed(0))
     assert len(sample) == 8 and sample.mask.shape == (8, 3) and len(sample.cues) == 3
     assert [len(b) for b in buf.batches(16)] == [16, 16, 8]
+
+
+def test_cue_buffer_is_a_ring_allocated_once_that_keeps_order():
+    def numbered(first: int, count: int) -> Cues:  # window k carries k in every field
+        k = torch.arange(first, first + count, dtype=torch.float32)
+        column = k[:, None]
+        return Cues([column.repeat(1, 5), column.repeat(1, 2)], column > -1, column.repeat(1, 7))
+
+    buf = CueBuffer(10)
+    buf.add(numbered(0, 3))
+    ring = buf._ring.cues[0]
+    added = 3
+    for count in (4, 0, 5, 25, 1):  # wraps, an empty batch, one bigger than the capacity
+        buf.add(numbered(added, count))
+        added += count
+        newest = list(range(max(0, added - 10), added))
+        assert len(buf) == len(newest)
+        assert torch.cat([b.pose[:, 0] for b in buf.batches(4)]).tolist() == newest  # oldest first
+        drawn = buf.sample(6, torch.Generator().manual_seed(added))
+        pick = torch.randperm(len(newest), generator=torch.Generator().manual_seed(added))[:6]
+        assert drawn.pose[:, 0].tolist() == [newest[i] for i in pick]
+        assert drawn.cues[1].shape == (6, 2) and bool(drawn.mask.all())
+    assert buf._ring.cues[0] is ring and ring.shape == (10, 5)  # no reallocation
 
 
 def test_no_worse_with_a_margin_needs_one_metric_lower_by_it():

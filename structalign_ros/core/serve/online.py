@@ -71,6 +71,7 @@ from structalign_ros.core.learn.models import MultimodalModel, masked_weights
 from structalign_ros.core.learn.objectives import build_objective, pose_loss
 from structalign_ros.core.learn.train import evaluate, make_optimizer, step_options, train_step
 from structalign_ros.core.serve.export import onnx_bytes
+from structalign_ros.core.serve.memory import return_large_blocks
 from structalign_ros.core.serve.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -158,39 +159,54 @@ class Cues:
 class CueBuffer:
     """The most recent labelled windows as :class:`Cues` (what head-only fine-tuning trains and
     judges on): the encoders are frozen, so a window's expert inputs are computed once, when it
-    arrives, and a step costs only the pose experts."""
+    arrives, and a step costs only the pose experts.
+
+    A ring of preallocated rows: the whole capacity is allocated (and written) by the first
+    :meth:`add`, so the trainer's memory does not creep up as the buffer fills during a run.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._rows: collections.deque[tuple[list[Tensor], Tensor, Tensor]] = collections.deque(
-            maxlen=capacity
-        )
+        self.capacity = capacity
+        self._ring: Cues | None = None
+        self._next = 0  # the row the next window goes to
+        self._len = 0
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._len
 
     def add(self, cues: Cues) -> None:
-        for i in range(len(cues)):
-            self._rows.append(([c[i] for c in cues.cues], cues.mask[i], cues.pose[i]))
+        if not len(cues):
+            return
+        if self._ring is None:
+            self._ring = Cues(
+                [torch.zeros((self.capacity, *c.shape[1:]), dtype=c.dtype) for c in cues.cues],
+                torch.zeros((self.capacity, *cues.mask.shape[1:]), dtype=cues.mask.dtype),
+                torch.zeros((self.capacity, *cues.pose.shape[1:]), dtype=cues.pose.dtype),
+            )
+        newest = cues.select(torch.arange(max(0, len(cues) - self.capacity), len(cues)))
+        rows = (self._next + torch.arange(len(newest))) % self.capacity
+        ring = self._ring
+        for kept, new in zip(ring.cues, newest.cues, strict=True):
+            kept[rows] = new
+        ring.mask[rows] = newest.mask
+        ring.pose[rows] = newest.pose
+        self._next = int(rows[-1] + 1) % self.capacity
+        self._len = min(self._len + len(newest), self.capacity)
 
     def sample(self, size: int, generator: torch.Generator) -> Cues:
         """``size`` windows drawn uniformly without replacement (all of them if fewer)."""
-        rows = list(self._rows)
-        pick = torch.randperm(len(rows), generator=generator)[:size].tolist()
-        return self._stack([rows[i] for i in pick])
+        pick = torch.randperm(self._len, generator=generator)[:size]
+        return self._ordered(pick)
 
     def batches(self, size: int) -> list[Cues]:
         """Every window, oldest first, in batches of ``size``."""
-        rows = list(self._rows)
-        return [self._stack(rows[a : a + size]) for a in range(0, len(rows), size)]
+        return [self._ordered(torch.arange(a, min(a + size, self._len))) for a in range(0, self._len, size)]
 
-    @staticmethod
-    def _stack(rows: list[tuple[list[Tensor], Tensor, Tensor]]) -> Cues:
-        experts = len(rows[0][0])
-        return Cues(
-            [torch.stack([r[0][m] for r in rows]) for m in range(experts)],
-            torch.stack([r[1] for r in rows]),
-            torch.stack([r[2] for r in rows]),
-        )
+    def _ordered(self, positions: Tensor) -> Cues:
+        """The windows at ``positions`` counted from the oldest kept (copies)."""
+        assert self._ring is not None
+        oldest = (self._next - self._len) % self.capacity
+        return self._ring.select((oldest + positions) % self.capacity)
 
 
 @torch.no_grad()
@@ -351,6 +367,7 @@ class OnlineTrainer:
     ) -> None:
         self.config = config
         self.publish = publish
+        return_large_blocks()  # the weight swaps it brings would otherwise grow this process's heap
         self._specs, self._model_cfg = dict(model.specs), model.cfg
         # what a (re)started child starts from: the newest published weights and their step count
         self._restart_from = ({k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}, 0)
@@ -748,6 +765,7 @@ def _child_main(
 ) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this one ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return_large_blocks()  # exports and guard verdicts, every few seconds for hours
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), name="parent-watchdog", daemon=True).start()
