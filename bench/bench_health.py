@@ -22,6 +22,7 @@ What this does not measure: the same over DDS with the simulator node (bench/ben
 a second robot (no trained model of ``arm6`` is shipped).
 
     .venv/bin/python bench/bench_health.py            # ~20 min on 2 cores (70 replays)
+    .venv/bin/python bench/bench_health.py --kinds noise delay   # those faults only
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def main() -> None:
     )
     parser.add_argument("--stop", type=float, default=25.0)
     parser.add_argument("--modalities", nargs="*", help="modality names (default: all)")
+    parser.add_argument(
+        "--kinds", nargs="*", help=f"fault kinds (default: all of {SERIES_FAULTS + FRAME_FAULTS})"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = StructAlignConfig()
@@ -134,7 +138,7 @@ def main() -> None:
             kind = config.modalities[name].kind
             m = list(config.modalities).index(name)
             kinds = SERIES_FAULTS + (FRAME_FAULTS if kind in FRAME_KINDS else ())
-            for fault_kind in kinds:
+            for fault_kind in (k for k in kinds if not args.kinds or k in args.kinds):
                 fault = FaultConfig(modality=kind, kind=fault_kind, start_s=args.start, stop_s=args.stop)
                 t, weights, error = run(bag, fault, True)
                 _, _, error_off = run(bag, fault, False)

@@ -28,7 +28,7 @@ moment of a change is the newest ground-truth stamp when the service answered.
     ``ee_ratio_on_off`` (mean EE error on over off), ``dropped`` (windows the node dropped, fine-tuning
     on), ``rss_growth`` (resident memory at the end over its value at 2 minutes, null for runs of 2
     minutes or less, of this process and the online trainer's child process together; this process
-    also holds the monitor, whose records (~100 bytes a window) are subtracted). The table adds each
+    also holds the monitor, whose records (~64 bytes a window) are subtracted). The table adds each
     process's growth; ``soak_*/memory.json`` has the memory every 10 simulated seconds.
 
 Prints a table per part and, last, one JSON line

@@ -115,6 +115,18 @@ def test_an_expert_that_disagrees_loses_trust_without_dragging_the_others_down()
     assert (trust[760:, 1] == 1.0).all()
 
 
+def test_a_noisy_sensor_that_keeps_its_structure_loses_trust_by_its_roughness():
+    latent = trajectory(1000)
+    z = embeddings(latent)
+    noisy = z[500:700, 1] + 0.2 * np.random.default_rng(5).normal(size=(200, D))
+    z[500:700, 1] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)  # the kernel still correlates
+    health = ModalityHealth(MODS, None, warmup=200)
+    trust = run(health, z)
+    assert np.median(trust[550:700, 1]) < 0.1
+    assert (np.delete(trust[300:], 1, axis=1) == 1.0).all()  # the others: never distrusted
+    assert (trust[760:, 1] == 1.0).all() and (trust[300:500] == 1.0).all()  # back after; clean before
+
+
 def test_a_reset_forgets_the_recent_windows_but_not_the_references():
     latent = trajectory(600)
     z = embeddings(latent)

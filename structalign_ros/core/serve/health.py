@@ -31,6 +31,13 @@ are taken as clean). ``h_m = exp(-excess^2 / 2)`` with ``excess`` the discrepanc
 median beyond ``margin`` spreads: exactly 1 within the clean fluctuations (steady weights without
 faults), near 0 for a sensor whose structure has gone.
 
+A third signal needs no other modality: **roughness**, the mean cosine distance of a modality's
+embeddings between consecutive windows over that between any two of the recent ones, in log. A clean
+sensor's embedding moves smoothly, so consecutive windows are much closer than the kernel's span
+apart; noise at the signal's own scale leaves the kernel's structure (and the consensus) nearly intact
+but makes each window about as far from the last as from any other. Compared with its clean level as
+the others are, with a spread of at least :data:`ROUGHNESS_SPREAD`.
+
 Pure numpy, no ROS. One update (six kernels of 64 windows and the pose experts) takes about 3 ms on
 this project's 2-core CPU, beside ~24 ms of inference per window.
 """
@@ -43,6 +50,9 @@ import numpy as np
 
 DISTRUSTED = 0.5  # a modality whose trust is under this counts as failing (diagnostics, training)
 MIN_PAIRS = 120  # pairs of windows (16 windows) before a modality's discrepancy is estimated
+# the least spread of a clean log roughness: it swings by ~1 on clean data where a motion slows down
+# (the far pairs draw closer), so trust falls only for a rise of 4 x 0.5 (7x), which noise exceeds
+ROUGHNESS_SPREAD = 0.5
 HEALTH_FLOOR = 1e-12  # h never reaches 0 (a fully distrusted modality keeps a defined weight), but an
 # overconfident expert's precision (up to e^16) times it is still negligible
 
@@ -98,7 +108,7 @@ def trust_of(excess: float, margin: float) -> float:
 class ModalityHealth:
     """Per-modality trust from the last windows' embeddings and pose experts.
 
-    Two signals, each the median over the last ``smooth`` windows and compared with its own clean
+    Three signals, each the median over the last ``smooth`` windows and compared with its own clean
     level (:class:`_CleanReference`); their trusts multiply:
 
     - **structure**: the discrepancy of the modality's embedding kernel over the last ``size``
@@ -112,6 +122,7 @@ class ModalityHealth:
       median over the others. A sensor that still has structure but says something else (a biased
       camera, a noised joint state) is many of its own standard deviations from every other expert,
       while each healthy expert disagrees with it alone, one vote of ``M - 1``.
+    - **roughness** (module docstring): a noised sensor whose structure survives.
 
     Args:
         modalities: the model's modality order.
@@ -142,12 +153,15 @@ class ModalityHealth:
         self._mask: deque[np.ndarray] = deque(maxlen=size)
         self._d: deque[np.ndarray] = deque(maxlen=smooth)
         self._chi: deque[np.ndarray] = deque(maxlen=smooth)
+        self._rough: deque[np.ndarray] = deque(maxlen=smooth)
         self._structure = [_CleanReference(warmup, history, 0.1) for _ in range(n)]
         self._agreement = [_CleanReference(warmup, history, 0.1) for _ in range(n)]
+        self._smoothness = [_CleanReference(warmup, history, ROUGHNESS_SPREAD) for _ in range(n)]
         self.trust = np.ones(n)
         self.discrepancies = np.full(n, np.nan)  # the newest structural discrepancy per modality
         self.agreement = np.full(n, np.nan)  # the newest rolling log chi-square per modality
-        self._parts = np.ones((n, 2))  # trust from (structure, agreement)
+        self.roughness = np.full(n, np.nan)  # the newest rolling log roughness per modality
+        self._parts = np.ones((n, 3))  # trust from (structure, agreement, smoothness)
         self._pairs = np.triu_indices(size, k=1)
 
     def reset(self) -> None:
@@ -156,6 +170,7 @@ class ModalityHealth:
         self._mask.clear()
         self._d.clear()
         self._chi.clear()
+        self._rough.clear()
 
     def rebase(self) -> None:
         """New weights are in use (fine-tuning): the embeddings and experts the clean references were
@@ -164,7 +179,7 @@ class ModalityHealth:
         failing when the weights change is not taken as clean."""
         for m in range(len(self.modalities)):
             if self.trust[m] > 0.9:
-                for refs in (self._structure, self._agreement):
+                for refs in (self._structure, self._agreement, self._smoothness):
                     old = refs[m]
                     refs[m] = _CleanReference(old.warmup, old.values.maxlen, old.floor)
 
@@ -203,6 +218,7 @@ class ModalityHealth:
         present = np.stack(self._mask)  # (n, M)
         sims = (z @ z.transpose(0, 2, 1))[:, rows, cols].T  # (P, M) kernel entries per modality
         valid = present[rows] & present[cols]
+        self._update_roughness(sims, valid, rows, cols)
         # every pair valid for every modality (the usual case): each kernel standardised once
         whole = [standardized(sims[:, k]) for k in range(len(self.modalities))] if valid.all() else None
         newest = np.full(len(self.modalities), np.nan)
@@ -255,6 +271,34 @@ class ModalityHealth:
         consensus = standardized(sum(w * k for w, k in parts) / sum(w for w, _ in parts))
         kernel = kernels[m]
         return discrepancy(kernel, consensus), kernel is None
+
+    # -- smoothness ---------------------------------------------------------------------------
+    def _update_roughness(
+        self, sims: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> None:
+        """Per modality, ``log`` of the mean cosine distance between consecutive windows over the mean
+        between any two of the recent ones: how much of its change over the kernel's span happens
+        from one window to the next. A clean sensor moves smoothly (a small ratio, in contact or
+        not); noise makes every window as far from the last as from any other (a ratio near 1)."""
+        distance = np.where(valid, 1.0 - sims, 0.0)  # (P, M)
+        step = cols == rows + 1
+        pairs, steps = valid.sum(axis=0), valid[step].sum(axis=0)
+        near = distance[step].sum(axis=0) / np.maximum(steps, 1)
+        far = distance.sum(axis=0) / np.maximum(pairs, 1)
+        # a still signal (a tactile pad out of contact) says nothing either way
+        known = (steps >= 8) & (pairs >= MIN_PAIRS) & (far > 1e-6)
+        rough = np.full(len(self.modalities), np.nan)
+        rough[known] = np.log(np.maximum(near[known], 1e-12) / far[known])
+        self._rough.append(rough)
+        for m, value in enumerate(self._smoothed(self._rough)):
+            if value is None:
+                continue
+            self.roughness[m] = value
+            ref = self._smoothness[m]
+            trust = trust_of(ref.excess(value), self.margin)
+            if trust > 0.9:
+                ref.keep(value)
+            self._parts[m, 2] = trust
 
     # -- pose agreement -----------------------------------------------------------------------
     def _update_agreement(self, experts: np.ndarray, mask: np.ndarray) -> None:

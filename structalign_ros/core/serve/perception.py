@@ -449,13 +449,18 @@ class PerceptionPipeline:
 
     # -- diagnostics --------------------------------------------------------------------------
     def health_report(self) -> dict[str, dict[str, float]]:
-        """Per modality: ``trust`` (what its weight is multiplied by), the structural ``discrepancy``
-        and the pose ``agreement`` behind it (NaN until estimated); empty with ``node.sensor_health``
-        off."""
+        """Per modality: ``trust`` (what its weight is multiplied by), the structural ``discrepancy``,
+        the pose ``agreement`` and the ``roughness`` behind it (NaN until estimated); empty with
+        ``node.sensor_health`` off."""
         health = self.health
         if health is None:
             return {}
-        signals = {"trust": health.trust, "discrepancy": health.discrepancies, "agreement": health.agreement}
+        signals = {
+            "trust": health.trust,
+            "discrepancy": health.discrepancies,
+            "agreement": health.agreement,
+            "roughness": health.roughness,
+        }
         return {
             name: {key: float(values[m]) for key, values in signals.items()}
             for m, name in enumerate(self.modalities)
