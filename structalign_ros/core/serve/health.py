@@ -228,15 +228,23 @@ class ModalityHealth:
                 d, flat = result
                 newest[m] = np.inf if flat else d
         self._d.append(newest)
-        for m, value in enumerate(self._smoothed(self._d)):
+        self._judge(self._d, self._structure, self.discrepancies, 0)
+
+    def _judge(
+        self, recent: deque[np.ndarray], references: list[_CleanReference], newest: np.ndarray, part: int
+    ) -> None:
+        """One signal's trust per modality: the rolling median of ``recent`` (kept in ``newest``)
+        against the modality's clean reference, into column ``part`` of the trusts that multiply; an
+        infinite value (a flat kernel) gets the floor. A modality without a value keeps its trust."""
+        for m, value in enumerate(self._smoothed(recent)):
             if value is None:
-                continue  # the trust stays as it is
-            self.discrepancies[m] = value
-            ref = self._structure[m]
+                continue
+            newest[m] = value
+            ref = references[m]
             trust = HEALTH_FLOOR if value == np.inf else trust_of(ref.excess(value), self.margin)
             if trust > 0.9:
                 ref.keep(value)
-            self._parts[m, 0] = trust
+            self._parts[m, part] = trust
 
     def _smoothed(self, recent: deque[np.ndarray]) -> list[float | None]:
         """Per modality, the median of its recent values (None with fewer than half the window)."""
@@ -290,15 +298,7 @@ class ModalityHealth:
         rough = np.full(len(self.modalities), np.nan)
         rough[known] = np.log(np.maximum(near[known], 1e-12) / far[known])
         self._rough.append(rough)
-        for m, value in enumerate(self._smoothed(self._rough)):
-            if value is None:
-                continue
-            self.roughness[m] = value
-            ref = self._smoothness[m]
-            trust = trust_of(ref.excess(value), self.margin)
-            if trust > 0.9:
-                ref.keep(value)
-            self._parts[m, 2] = trust
+        self._judge(self._rough, self._smoothness, self.roughness, 2)
 
     # -- pose agreement -----------------------------------------------------------------------
     def _update_agreement(self, experts: np.ndarray, mask: np.ndarray) -> None:
@@ -315,12 +315,4 @@ class ModalityHealth:
             if both[m].any():
                 chi[m] = float(np.median(pair[m, both[m]]))
         self._chi.append(chi)
-        for m, value in enumerate(self._smoothed(self._chi)):
-            if value is None:
-                continue
-            self.agreement[m] = value
-            ref = self._agreement[m]
-            trust = trust_of(ref.excess(value), self.margin)
-            if trust > 0.9:
-                ref.keep(value)
-            self._parts[m, 1] = trust
+        self._judge(self._chi, self._agreement, self.agreement, 1)
