@@ -286,8 +286,11 @@ def soak_run(args: argparse.Namespace, folder: Path, finetune: bool) -> dict[str
             growth[part] = round(last / first - 1.0, 4) if first else None
         total = [row["node"] + row["trainer"] for row in (after[0], trace[-1])]
         growth["total"] = round(total[1] / total[0] - 1.0, 4)
+    t, e = errors[:, 0], errors[:, 1]
+    bins = [mean_between(t, e, a, a + 300.0) for a in np.arange(t.min(), t.max(), 300.0)] if len(t) else []
     return {
-        "ee_mm": round(float(errors[:, 1].mean()), 3) if len(errors) else None,
+        "ee_mm": round(float(e.mean()), 3) if len(e) else None,
+        "curve_mm": [None if b is None else round(b, 3) for b in bins],  # per 5 minutes
         "dropped": report["windows_dropped"],
         "rss_growth": growth.get("total"),
         "rss_growth_parts": growth,
@@ -369,6 +372,7 @@ def main() -> None:
         say(
             f"(c) soak {args.minutes:g} min per arm: EE on {on['ee_mm']} mm, off {off['ee_mm']} mm "
             f"(ratio {ratio}); dropped on {on['dropped']}, off {off['dropped']}; "
+            f"EE per 5 min on {on['curve_mm']}, off {off['curve_mm']}; "
             f"RSS growth {on['rss_growth']} (node {on['rss_growth_parts'].get('node')}, trainer "
             f"{on['rss_growth_parts'].get('trainer')}; off: node {off['rss_growth_parts'].get('node')}); "
             f"the monitor's records at the end: {on['monitor_mb']} MB (left out); memory every 10 s in "
