@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--stop", type=float, default=25.0)
     parser.add_argument("--modalities", nargs="*", help="modality names (default: all)")
     parser.add_argument(
-        "--kinds", nargs="*", help=f"fault kinds (default: all of {SERIES_FAULTS + FRAME_FAULTS})"
+        "--kinds", nargs="*", choices=SERIES_FAULTS + FRAME_FAULTS, help="fault kinds (default: all)"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

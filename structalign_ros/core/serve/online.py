@@ -190,7 +190,7 @@ class CueBuffer:
             kept[rows] = new
         ring.mask[rows] = newest.mask
         ring.pose[rows] = newest.pose
-        self._next = int(rows[-1] + 1) % self.capacity
+        self._next = (self._next + len(newest)) % self.capacity
         self._len = min(self._len + len(newest), self.capacity)
 
     def sample(self, size: int, generator: torch.Generator) -> Cues:
